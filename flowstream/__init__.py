@@ -1,0 +1,53 @@
+"""flowstream: declarative, concurrent, correct processing of DynamoDB change streams."""
+
+from flowstream import checkpoints as checkpoints
+from flowstream import sinks as sinks
+from flowstream import sources as sources
+from flowstream.errors import AttributeValueError as AttributeValueError
+from flowstream.errors import CheckpointError as CheckpointError
+from flowstream.errors import FlowstreamError as FlowstreamError
+from flowstream.errors import PipelineError as PipelineError
+from flowstream.errors import RecordDecodeError as RecordDecodeError
+from flowstream.errors import ShardStoppedError as ShardStoppedError
+from flowstream.errors import SinkError as SinkError
+from flowstream.errors import SourceError as SourceError
+from flowstream.errors import TrimmedDataError as TrimmedDataError
+from flowstream.pipeline import Pipeline as Pipeline
+from flowstream.pipeline import When as When
+from flowstream.pipeline import when as when
+from flowstream.record import EventName as EventName
+from flowstream.record import Record as Record
+from flowstream.record import StreamViewType as StreamViewType
+from flowstream.record import decode_records as decode_records
+from flowstream.report import RunReport as RunReport
+from flowstream.report import ShardReport as ShardReport
+from flowstream.report import ShardState as ShardState
+from flowstream.report import SinkReport as SinkReport
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AttributeValueError",
+    "CheckpointError",
+    "EventName",
+    "FlowstreamError",
+    "Pipeline",
+    "PipelineError",
+    "Record",
+    "RecordDecodeError",
+    "RunReport",
+    "ShardReport",
+    "ShardState",
+    "ShardStoppedError",
+    "SinkError",
+    "SinkReport",
+    "SourceError",
+    "StreamViewType",
+    "TrimmedDataError",
+    "When",
+    "checkpoints",
+    "decode_records",
+    "sinks",
+    "sources",
+    "when",
+]

@@ -1,0 +1,62 @@
+"""The checkpoint store protocol: where a pipeline records how far each shard is done.
+
+A position is a shard's contiguous ack frontier: a sequence number (every record up to
+and including it is done) or `SHARD_END` (the shard was read to its end and every
+record is done, so its children may be read). Stores never move a position backwards.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
+from typing import Final
+
+__all__ = ["SHARD_END", "CheckpointSession", "CheckpointStore", "is_ahead"]
+
+SHARD_END: Final = "SHARD_END"
+
+
+def is_ahead(new: str, old: str | None) -> bool:
+    """True when position `new` is past `old` (None means nothing is done yet).
+
+    Sequence numbers are decimal strings of varying length, so they compare as integers;
+    `SHARD_END` is past every sequence number.
+    """
+    if old is None:
+        return True
+    if old == SHARD_END:
+        return False
+    if new == SHARD_END:
+        return True
+    return int(new) > int(old)
+
+
+class CheckpointSession(ABC):
+    """One pipeline's checkpoints on one stream, open for the length of a run."""
+
+    @abstractmethod
+    async def load(self) -> dict[str, str]:
+        """Return the saved position of every shard that has one."""
+
+    @abstractmethod
+    async def save(self, positions: Mapping[str, str]) -> None:
+        """Durably record `positions` (shard id -> position). A position that is not
+        ahead of the stored one is ignored, so a checkpoint never moves backwards.
+        Raises `CheckpointError` when the store cannot record them."""
+
+
+class CheckpointStore(ABC):
+    """A place to keep checkpoints, keyed by pipeline name, stream and shard."""
+
+    #: Seconds between batched writes while running; the runtime also flushes at a
+    #: shard's end (children wait for it) and on stop.
+    flush_interval: float = 1.0
+
+    @abstractmethod
+    def open(self, pipeline: str, stream_id: str) -> AbstractAsyncContextManager[CheckpointSession]:
+        """Open the checkpoints of `pipeline` on the stream `stream_id`."""
+
+    def describe(self) -> str:
+        """A short, human-readable name for plans and reports."""
+        return type(self).__name__

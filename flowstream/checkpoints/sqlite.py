@@ -1,0 +1,265 @@
+"""A durable checkpoint store in an SQLite file: one process (or a few) on one machine.
+
+Each save is one committed transaction, so a position that `save()` returned survives a
+crash of the process. The never-backwards rule is part of the SQL statement, so it holds
+for every connection to the file, including other processes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Final, TypeVar, final
+
+import anyio
+import anyio.to_thread
+
+from flowstream.checkpoints.base import SHARD_END, CheckpointSession, CheckpointStore
+from flowstream.errors import CheckpointError
+
+__all__ = ["SqliteCheckpoints", "sqlite"]
+
+_T = TypeVar("_T")
+
+_TABLE: Final = "flowstream_checkpoints"
+
+_CREATE: Final = f"""
+CREATE TABLE IF NOT EXISTS {_TABLE} (
+    pipeline   TEXT NOT NULL,
+    stream     TEXT NOT NULL,
+    shard      TEXT NOT NULL,
+    position   TEXT NOT NULL,  -- a sequence number (decimal digits) or 'SHARD_END'
+    updated_at TEXT NOT NULL,  -- UTC, ISO 8601
+    PRIMARY KEY (pipeline, stream, shard)
+) WITHOUT ROWID
+"""
+
+_LOAD: Final = f"SELECT shard, position FROM {_TABLE} WHERE pipeline = ? AND stream = ?"
+
+# Sequence numbers have no leading zeros, so a longer one is larger and two of the same
+# length compare as text; SHARD_END is past every sequence number and final. Keeping
+# this in the WHERE clause (rather than in Python) means a concurrent writer in another
+# process cannot move a position backwards either.
+_SAVE: Final = f"""
+INSERT INTO {_TABLE} (pipeline, stream, shard, position, updated_at)
+VALUES (?, ?, ?, ?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+ON CONFLICT (pipeline, stream, shard) DO UPDATE
+SET position = excluded.position, updated_at = excluded.updated_at
+WHERE {_TABLE}.position <> '{SHARD_END}' AND (
+    excluded.position = '{SHARD_END}'
+    OR length(excluded.position) > length({_TABLE}.position)
+    OR (
+        length(excluded.position) = length({_TABLE}.position)
+        AND excluded.position > {_TABLE}.position
+    )
+)
+"""
+
+
+@final
+class SqliteCheckpoints(CheckpointStore):
+    """Checkpoints in the SQLite file at `path`; build it with `checkpoints.sqlite(path)`."""
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, flush_interval: float, timeout: float
+    ) -> None:
+        self.path = Path(path)
+        self.flush_interval = flush_interval
+        self.timeout = timeout
+        self._name = os.fspath(path)
+
+    def open(self, pipeline: str, stream_id: str) -> AbstractAsyncContextManager[CheckpointSession]:
+        return self._open(pipeline, stream_id)
+
+    @asynccontextmanager
+    async def _open(self, pipeline: str, stream_id: str) -> AsyncIterator[CheckpointSession]:
+        # One thread at a time uses the session's connection: sqlite3 connections are not
+        # safe to share between threads at once, and the limiter serialises the calls.
+        limiter = anyio.CapacityLimiter(1)
+        conn = await anyio.to_thread.run_sync(self._connect, limiter=limiter)
+        session = _SqliteSession(self, conn, limiter, pipeline, stream_id)
+        try:
+            yield session
+        finally:
+            # Close even when the run is being cancelled: a half-open connection would
+            # keep the file's WAL and locks around until the process exits.
+            with anyio.CancelScope(shield=True):
+                await session.aclose()
+
+    def describe(self) -> str:
+        return f"sqlite({self._name})"
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._name == ":memory:" or not self._name:
+            raise CheckpointError(
+                f"sqlite({self._name!r}): checkpoints in an in-memory SQLite database do not "
+                "survive the connection; pass a file path, or use checkpoints.memory()"
+            )
+        if self.path.is_dir():
+            raise CheckpointError(
+                f"sqlite({self._name}): {self._name} is a directory; pass the path of a "
+                f"database file, e.g. {os.path.join(self._name, 'checkpoints.db')}"
+            )
+        parent = self.path.parent
+        if parent.exists() and not parent.is_dir():
+            raise CheckpointError(
+                f"sqlite({self._name}): cannot create the checkpoint database because "
+                f"{parent} is a file, not a directory; pass a path in a directory"
+            )
+        if not parent.exists():
+            raise CheckpointError(
+                f"sqlite({self._name}): cannot create the checkpoint database because its "
+                f"directory {parent} does not exist; create the directory first "
+                f"(e.g. `mkdir -p {parent}`) or pass a path in an existing directory"
+            )
+        conn: sqlite3.Connection | None = None
+        try:
+            # isolation_level=None: no implicit transactions; save() opens its own so
+            # that all positions of one save commit together.
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self.timeout,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            # WAL lets loads and other readers go on while a save writes. synchronous=FULL
+            # fsyncs the WAL at every commit, so a returned save also survives power loss
+            # and OS crashes, not just a killed process (NORMAL would be enough for that).
+            # Saves are batched (flush_interval), so the fsync per save costs little, and
+            # every checkpoint lost to a crash is records replayed.
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise CheckpointError(
+                    f"sqlite({self._name}): the database cannot use WAL journal mode "
+                    f"(it reports {mode!r}); put it on a local file system"
+                )
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute(_CREATE)
+        except BaseException as exc:
+            if conn is not None:
+                conn.close()
+            if isinstance(exc, sqlite3.Error):
+                raise self._error("cannot open the checkpoint database", exc) from exc
+            raise
+        return conn
+
+    def _error(self, doing: str, exc: sqlite3.Error) -> CheckpointError:
+        """Translate an sqlite3 error into a CheckpointError that says what to do."""
+        text = str(exc)
+        lowered = text.lower()
+        if "locked" in lowered or "busy" in lowered:
+            fix = (
+                f"another connection held a lock on the file for more than {self.timeout}s; "
+                "stop the other writer, or pass a larger timeout= to checkpoints.sqlite()"
+            )
+        elif "readonly" in lowered or "read-only" in lowered:
+            fix = "make the file and its directory writable, or choose another path"
+        elif "not a database" in lowered:
+            fix = (
+                "pass the path of a flowstream checkpoint database, or of a file that does "
+                "not exist yet"
+            )
+        elif "unable to open" in lowered:
+            fix = "check that the file and its directory exist and are writable"
+        elif "disk" in lowered or "full" in lowered:
+            fix = "free space on the file system or choose another path"
+        else:
+            fix = "check the file (sqlite3 CLI: PRAGMA integrity_check) or choose another path"
+        return CheckpointError(f"sqlite({self._name}): {doing}: {text}; {fix}")
+
+
+@final
+class _SqliteSession(CheckpointSession):
+    def __init__(
+        self,
+        store: SqliteCheckpoints,
+        conn: sqlite3.Connection,
+        limiter: anyio.CapacityLimiter,
+        pipeline: str,
+        stream_id: str,
+    ) -> None:
+        self._store = store
+        self._conn: sqlite3.Connection | None = conn
+        self._limiter = limiter
+        self._pipeline = pipeline
+        self._stream_id = stream_id
+
+    async def load(self) -> dict[str, str]:
+        return await self._run(self._load, "cannot load checkpoints")
+
+    async def save(self, positions: Mapping[str, str]) -> None:
+        rows = []
+        for shard_id, position in positions.items():
+            _check_position(self._store, shard_id, position)
+            rows.append((self._pipeline, self._stream_id, shard_id, position))
+        if rows:
+            await self._run(lambda conn: _save(conn, rows), "cannot save checkpoints")
+
+    async def aclose(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await anyio.to_thread.run_sync(conn.close, limiter=self._limiter)
+
+    def _load(self, conn: sqlite3.Connection) -> dict[str, str]:
+        cursor = conn.execute(_LOAD, (self._pipeline, self._stream_id))
+        return {shard: position for shard, position in cursor.fetchall()}
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], _T], doing: str) -> _T:
+        conn = self._conn
+        if conn is None:
+            raise CheckpointError(
+                f"{self._store.describe()}: the checkpoint session is closed; load and save "
+                "only inside `async with store.open(pipeline, stream_id) as session:`"
+            )
+        try:
+            return await anyio.to_thread.run_sync(fn, conn, limiter=self._limiter)
+        except sqlite3.Error as exc:
+            raise self._store._error(doing, exc) from exc
+
+
+def _save(conn: sqlite3.Connection, rows: list[tuple[str, str, str, str]]) -> None:
+    # BEGIN IMMEDIATE takes the write lock up front (waiting up to the busy timeout),
+    # and one transaction means one commit (one fsync) for the whole batch.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.executemany(_SAVE, rows)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _check_position(store: SqliteCheckpoints, shard_id: str, position: str) -> None:
+    # The SQL comparison is (length, text), which is the integer order only for plain
+    # decimal digits without leading zeros.
+    if position == SHARD_END or (
+        position.isascii() and position.isdigit() and (position[0] != "0" or position == "0")
+    ):
+        return
+    raise CheckpointError(
+        f"{store.describe()}: checkpoint for shard {shard_id!r}: {position!r} is not a "
+        f"position; pass a sequence number (decimal digits, no leading zeros) or {SHARD_END!r}"
+    )
+
+
+def sqlite(
+    path: str | os.PathLike[str], *, flush_interval: float = 1.0, timeout: float = 5.0
+) -> SqliteCheckpoints:
+    """A checkpoint store in the SQLite database file at `path` (created if missing; its
+    directory must exist).
+
+    `flush_interval` is the number of seconds between batched writes while running;
+    `timeout` is how long a save waits for another connection's lock before it fails.
+    """
+    for name, value in (("flush_interval", flush_interval), ("timeout", timeout)):
+        if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+            raise CheckpointError(
+                f"sqlite({os.fspath(path)}): {name}={value!r} is not a number of seconds; "
+                f"pass a finite number >= 0, e.g. {name}=1.0"
+            )
+    return SqliteCheckpoints(path, flush_interval=flush_interval, timeout=timeout)

@@ -1,0 +1,96 @@
+"""The errors flowstream raises, one root and a few leaves.
+
+```
+FlowstreamError
+ ├── PipelineError          a pipeline that cannot run; raised when it is built (or run)
+ ├── AttributeValueError    DynamoDB JSON that does not map to Python, or back
+ ├── RecordDecodeError      a stream record or page body that is not what DynamoDB sends
+ ├── SourceError            a source that cannot be read
+ │    └── TrimmedDataError  records expired from the stream before they were read
+ ├── SinkError              a sink that cannot deliver
+ ├── CheckpointError        a checkpoint store that cannot load or save
+ └── ShardStoppedError      a drained run in which one or more shards stopped at a failure
+```
+
+Every message names the thing, the problem and the fix.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from flowstream.report import RunReport
+
+__all__ = [
+    "AttributeValueError",
+    "CheckpointError",
+    "FlowstreamError",
+    "PipelineError",
+    "RecordDecodeError",
+    "ShardStoppedError",
+    "SinkError",
+    "SourceError",
+    "TrimmedDataError",
+]
+
+
+class FlowstreamError(Exception):
+    """Root of every error flowstream raises on purpose."""
+
+
+class PipelineError(FlowstreamError):
+    """A pipeline that cannot run: raised by the builder methods of `Pipeline` and by
+    `Pipeline.run()` before anything is read."""
+
+
+class AttributeValueError(FlowstreamError, ValueError):
+    """Raised by `flowstream.attrvalue` (and by lazy image access on a `Record`) when a
+    value does not map between DynamoDB JSON and Python. `path` names the attribute,
+    e.g. ``NewImage.address.zip``."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"{path}: {problem}" if path else problem)
+
+
+class RecordDecodeError(FlowstreamError, ValueError):
+    """Raised by `decode_records()` and sources when a body is not a DynamoDB Streams
+    GetRecords response or Lambda event."""
+
+
+class SourceError(FlowstreamError):
+    """A source that cannot be opened or read (missing stream, bad configuration)."""
+
+
+class TrimmedDataError(SourceError):
+    """Records were trimmed from the stream (older than its 24 h retention) before they
+    were read: they are lost, and the user must know."""
+
+
+class SinkError(FlowstreamError):
+    """A sink that cannot be opened or that rejected a delivery for good."""
+
+
+class CheckpointError(FlowstreamError):
+    """A checkpoint store that cannot load or save; the pipeline stops rather than run on
+    with progress it cannot record."""
+
+
+class ShardStoppedError(FlowstreamError):
+    """Raised by `Pipeline.run(drain=True)` after every other shard drained, when one or
+    more shards stopped at a record that failed. `report` tells which and why."""
+
+    def __init__(self, report: RunReport) -> None:
+        self.report = report
+        stopped = report.stopped_shards()
+        details = "; ".join(
+            f"{shard_id} at sequence number {stats.stopped_at}: {stats.error}"
+            for shard_id, stats in stopped.items()
+        )
+        super().__init__(
+            f"{len(stopped)} shard(s) stopped at a failing record ({details}); fix the cause "
+            "and run again to resume from the checkpoint, or give .on_failure(dead_letter=...) "
+            "so failing records are set aside"
+        )

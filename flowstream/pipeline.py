@@ -1,0 +1,320 @@
+"""The pipeline builder: source -> filter/map/flat_map -> route or fan out to sinks.
+
+A `Pipeline` is immutable: each method checks its arguments and returns a new pipeline,
+so every mistake that can be seen while building is reported there, as a
+`PipelineError` that names the step and the fix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, final, overload
+
+from flowstream.errors import PipelineError
+from flowstream.plan import (
+    Filter,
+    FlatMap,
+    Map,
+    Plan,
+    Route,
+    Step,
+    callable_name,
+    is_async_callable,
+)
+from flowstream.record import EventName, Record
+from flowstream.sinks.base import Sink
+from flowstream.sources.base import Source
+
+if TYPE_CHECKING:
+    from flowstream.checkpoints.base import CheckpointStore
+    from flowstream.report import RunReport
+
+__all__ = ["Pipeline", "When", "when"]
+
+T = TypeVar("T")
+U = TypeVar("U")
+
+_VALID_EVENTS = ", ".join(e.value for e in EventName)
+
+
+@final
+class When:
+    """One route of `Pipeline.route()`: elements for which `predicate` is true go to
+    `sinks`. Built by `fs.when()`."""
+
+    __slots__ = ("is_async", "predicate", "sinks")
+
+    def __init__(self, predicate: Callable[[Any], Any], sinks: tuple[Sink, ...]) -> None:
+        self.predicate = predicate
+        self.sinks = sinks
+        self.is_async = is_async_callable(predicate)
+
+    def __repr__(self) -> str:
+        names = ", ".join(s.name for s in self.sinks)
+        return f"when({callable_name(self.predicate)}, {names})"
+
+
+def when(predicate: Callable[[Any], bool | Awaitable[bool]], *sinks: Sink) -> When:
+    """A route for `Pipeline.route()`: elements where `predicate(element)` is true go to
+    every one of `sinks`."""
+    if not callable(predicate):
+        raise PipelineError(
+            f"fs.when() got {type(predicate).__name__} as its predicate, which is not "
+            "callable; pass a function: fs.when(lambda m: ..., sink)"
+        )
+    if not sinks:
+        raise PipelineError(
+            f"fs.when({callable_name(predicate)}) has no sinks; name where matching "
+            "elements go: fs.when(predicate, sink, ...)"
+        )
+    for sink in sinks:
+        _check_sink(sink, f"fs.when({callable_name(predicate)})")
+    return When(predicate, sinks)
+
+
+def _check_sink(sink: object, where: str) -> None:
+    if not isinstance(sink, Sink):
+        raise PipelineError(
+            f"{where} got {type(sink).__name__} where a sink belongs; use a sink from "
+            "flowstream.sinks, e.g. sinks.collect() or sinks.callback(fn)"
+        )
+
+
+class Pipeline(Generic[T]):
+    """A declarative stream pipeline. Build it from a source, then chain `filter`,
+    `map` and `flat_map`, and end it with `route` or `to`; `run()` it."""
+
+    __slots__ = ("_name", "_route", "_source", "_steps")
+
+    _source: Source
+    _name: str | None
+    _steps: tuple[Step, ...]
+    _route: Route | None
+
+    def __init__(self: Pipeline[Record], source: Source, *, name: str | None = None) -> None:
+        if not isinstance(source, Source):
+            raise PipelineError(
+                f"fs.Pipeline() got {type(source).__name__} as its source; pass a source "
+                "such as sources.dynamodb(table=...), sources.jsonl(path) or a "
+                "flowstream.testing.MemoryStream"
+            )
+        if name is not None and (not isinstance(name, str) or not name.strip()):
+            raise PipelineError(
+                f"fs.Pipeline(name={name!r}) is not a usable name; give a non-empty string "
+                "that identifies this pipeline's checkpoints, e.g. name='user-cache'"
+            )
+        self._source = source
+        self._name = name
+        self._steps = ()
+        self._route = None
+
+    # -- building ---------------------------------------------------------------------
+
+    def _next(self, step: Step | None = None, route: Route | None = None) -> Pipeline[Any]:
+        new: Pipeline[Any] = object.__new__(Pipeline)
+        new._source = self._source
+        new._name = self._name
+        new._steps = self._steps if step is None else (*self._steps, step)
+        new._route = route
+        return new
+
+    def _where(self, method: str) -> str:
+        return f".{method}() at step {len(self._steps) + 1}"
+
+    def _check_open(self, method: str) -> None:
+        if self._route is not None:
+            raise PipelineError(
+                f"{self._where(method)} comes after the pipeline's end "
+                f"({self._route.describe().split(chr(10))[0]}); put filter/map/flat_map "
+                "steps before .route() or .to()"
+            )
+
+    def _check_callable(self, fn: object, method: str) -> None:
+        if not callable(fn):
+            raise PipelineError(
+                f"{self._where(method)} got {type(fn).__name__}, which is not callable; "
+                f"pass a function, e.g. .{method}(lambda record: ...)"
+            )
+
+    def filter(
+        self,
+        predicate: Callable[[T], bool | Awaitable[bool]] | None = None,
+        *,
+        events: Iterable[str] | str | None = None,
+    ) -> Pipeline[T]:
+        """Keep elements where `predicate(element)` is true, and/or whose originating
+        record's event name is in `events` (also after a `map`)."""
+        self._check_open("filter")
+        if predicate is None and events is None:
+            raise PipelineError(
+                f"{self._where('filter')} has neither a predicate nor events=; pass "
+                "a function, events=['INSERT', 'MODIFY', 'REMOVE'] or both"
+            )
+        if predicate is not None:
+            self._check_callable(predicate, "filter")
+        names = None if events is None else self._event_names(events)
+        step = Filter(
+            predicate,
+            names,
+            is_async_callable(predicate) if predicate is not None else False,
+        )
+        return self._next(step)
+
+    def _event_names(self, events: Iterable[str] | str) -> frozenset[EventName]:
+        if isinstance(events, str):
+            events = [events]
+        names: set[EventName] = set()
+        for event in events:
+            try:
+                names.add(EventName(event))
+            except ValueError:
+                raise PipelineError(
+                    f"{self._where('filter')} got an unknown event name {event!r}; "
+                    f"DynamoDB streams have {_VALID_EVENTS} (upper case)"
+                ) from None
+        if not names:
+            raise PipelineError(
+                f"{self._where('filter')} got events=[], which keeps nothing; name "
+                f"at least one of {_VALID_EVENTS}"
+            )
+        return frozenset(names)
+
+    @overload
+    def map(self, fn: Callable[[T], Awaitable[U]]) -> Pipeline[U]: ...
+    @overload
+    def map(self, fn: Callable[[T], U]) -> Pipeline[U]: ...
+    def map(self, fn: Callable[[T], Any]) -> Pipeline[Any]:
+        """Replace each element by `fn(element)` (a sync or async function)."""
+        self._check_open("map")
+        self._check_callable(fn, "map")
+        return self._next(Map(fn, is_async_callable(fn)))
+
+    @overload
+    def flat_map(self, fn: Callable[[T], Awaitable[Iterable[U]]]) -> Pipeline[U]: ...
+    @overload
+    def flat_map(self, fn: Callable[[T], Iterable[U]]) -> Pipeline[U]: ...
+    def flat_map(self, fn: Callable[[T], Any]) -> Pipeline[Any]:
+        """Replace each element by the elements of the iterable `fn(element)` returns
+        (none, one or many, in order)."""
+        self._check_open("flat_map")
+        self._check_callable(fn, "flat_map")
+        return self._next(FlatMap(fn, is_async_callable(fn)))
+
+    def route(self, *whens: When, otherwise: Sink | Iterable[Sink] | None = None) -> Pipeline[T]:
+        """End the pipeline: each element goes to the sinks of the first `fs.when()`
+        whose predicate holds, else to `otherwise`, else it is dropped (and counted)."""
+        self._check_open("route")
+        where = self._where("route")
+        for item in whens:
+            if not isinstance(item, When):
+                hint = (
+                    "pass sinks that take every element as otherwise=sink"
+                    if isinstance(item, Sink)
+                    else "build routes with fs.when(predicate, sink, ...)"
+                )
+                raise PipelineError(f"{where} got {type(item).__name__}, not a route; {hint}")
+        if otherwise is None:
+            other: tuple[Sink, ...] = ()
+        elif isinstance(otherwise, Sink):
+            other = (otherwise,)
+        else:
+            other = tuple(otherwise)
+            for sink in other:
+                _check_sink(sink, f"{where} otherwise=")
+            if not other:
+                raise PipelineError(
+                    f"{where} got otherwise=[] with no sinks; give a sink, or leave "
+                    "otherwise=None to drop (and count) unmatched elements"
+                )
+        if not whens and not other:
+            raise PipelineError(
+                f"{where} has no routes and no otherwise=; add fs.when(predicate, sink) "
+                "or otherwise=sink"
+            )
+        route = Route(tuple((w.predicate, w.sinks, w.is_async) for w in whens), other)
+        return self._next(route=route)
+
+    def to(self, *sinks: Sink) -> Pipeline[T]:
+        """End the pipeline: every element goes to every one of `sinks`."""
+        self._check_open("to")
+        where = self._where("to")
+        if not sinks:
+            raise PipelineError(
+                f"{where} has no sinks; name at least one, e.g. .to(sinks.stdout())"
+            )
+        for sink in sinks:
+            _check_sink(sink, where)
+        return self._next(route=Route((), sinks, fan_out=True))
+
+    # -- inspecting ---------------------------------------------------------------------
+
+    @property
+    def name(self) -> str | None:
+        """The pipeline's name; it keys the pipeline's checkpoints."""
+        return self._name
+
+    @property
+    def source(self) -> Source:
+        return self._source
+
+    def describe(self) -> str:
+        """A readable plan: the source, each step in order, and where elements go."""
+        title = f"pipeline {self._name!r}" if self._name else "pipeline"
+        lines = [title, f"  source: {self._source.describe()}"]
+        for n, step in enumerate(self._steps, start=1):
+            lines.append(f"  {n}. {step.describe()}")
+        if self._route is None:
+            lines.append(f"  {len(self._steps) + 1}. (no end: add .route() or .to())")
+        else:
+            lines.append(f"  {len(self._steps) + 1}. {self._route.describe()}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return self.describe()
+
+    def compile(self) -> Plan:
+        """The plan the runtime executes; raises `PipelineError` when the pipeline has
+        no end."""
+        if self._route is None:
+            raise PipelineError(
+                f"pipeline{' ' + repr(self._name) if self._name else ''} has nothing at its "
+                "end, so its elements would go nowhere; finish it with .to(sink, ...) or "
+                ".route(fs.when(...), otherwise=...)"
+            )
+        return Plan(self._steps, self._route)
+
+    # -- running ------------------------------------------------------------------------
+
+    async def run(
+        self,
+        *,
+        checkpoints: CheckpointStore | None = None,
+        drain: bool = False,
+        grace_period: float = 10.0,
+        handle_signals: bool = False,
+    ) -> RunReport:
+        """Run the pipeline: one task per readable shard, children after parents.
+
+        `drain=True` returns once every readable shard has been read to its current end
+        and everything read is acknowledged; otherwise the run goes on until cancelled
+        (or, with `handle_signals=True`, until SIGTERM/SIGINT). Stopping stops polling,
+        gives in-flight batches `grace_period` seconds to finish and writes checkpoints.
+        Without `checkpoints`, progress is kept in memory for this run only.
+        """
+        from flowstream.runtime.engine import run_pipeline
+
+        plan = self.compile()
+        if checkpoints is not None and self._name is None:
+            raise PipelineError(
+                f"run(checkpoints={checkpoints.describe()}) needs a pipeline name to key "
+                "its checkpoints; build it as fs.Pipeline(source, name='my-pipeline')"
+            )
+        return await run_pipeline(
+            plan,
+            self._source,
+            name=self._name or "pipeline",
+            checkpoints=checkpoints,
+            drain=drain,
+            grace_period=grace_period,
+            handle_signals=handle_signals,
+        )

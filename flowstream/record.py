@@ -1,0 +1,276 @@
+"""One change from a DynamoDB stream, decoded fast and lazily.
+
+A `Record` is decoded straight from the stream's JSON with msgspec. Its keys and images
+stay raw JSON until first touched (DESIGN.md §4): a filter on the event name never pays
+for images, and a page of records is a few flat objects per record, cheap for the
+garbage collector (``gc=False``: a record holds no reference back to anything that could
+form a cycle).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import msgspec
+
+from flowstream import attrvalue
+from flowstream.errors import RecordDecodeError
+
+__all__ = ["EventName", "Record", "StreamViewType", "decode_records"]
+
+_EMPTY: Final = msgspec.Raw()
+# DynamoDB Streams sends seconds; the Kinesis-stream format of the same record sends
+# milliseconds. No real record is from before 1973 or after 5138, so the two never mix.
+_MILLIS_THRESHOLD: Final = 1e11
+
+
+class EventName(enum.StrEnum):
+    """What happened to the item. A `str`, so ``record.event_name == "REMOVE"`` holds."""
+
+    INSERT = "INSERT"
+    MODIFY = "MODIFY"
+    REMOVE = "REMOVE"
+
+
+class StreamViewType(enum.StrEnum):
+    """Which images the stream writes for each change."""
+
+    KEYS_ONLY = "KEYS_ONLY"
+    NEW_IMAGE = "NEW_IMAGE"
+    OLD_IMAGE = "OLD_IMAGE"
+    NEW_AND_OLD_IMAGES = "NEW_AND_OLD_IMAGES"
+
+
+class UserIdentity(msgspec.Struct, frozen=True, gc=False, rename="camel"):
+    """Who made the change; set by DynamoDB itself for TTL deletes."""
+
+    type: str = ""
+    principal_id: str = ""
+
+
+class StreamData(msgspec.Struct, frozen=True, gc=False, omit_defaults=True, rename="pascal"):
+    """The ``dynamodb`` object of a stream record, kept as the wire sends it."""
+
+    keys: msgspec.Raw
+    sequence_number: str
+    size_bytes: int = 0
+    stream_view_type: StreamViewType | None = None
+    new_image: msgspec.Raw = _EMPTY
+    old_image: msgspec.Raw = _EMPTY
+    # seconds since the epoch on the wire; an ISO string once botocore has parsed it
+    approximate_creation_date_time: float | datetime | None = None
+
+
+class Record(
+    msgspec.Struct,
+    frozen=True,
+    gc=False,
+    rename={
+        "event_id": "eventID",
+        "event_name": "eventName",
+        "event_version": "eventVersion",
+        "event_source": "eventSource",
+        "aws_region": "awsRegion",
+        "event_source_arn": "eventSourceARN",
+        "user_identity": "userIdentity",
+        "shard_id": "shardId",
+    },
+):
+    """One change to one item: what happened (`event_name`), to which item (`keys`),
+    and the item before and after (`old_image`, `new_image`, decoded on first access).
+
+    Records compare and hash by shard and sequence number. Serialise one with
+    `to_json()`, which gives back the stream's own JSON shape.
+    """
+
+    event_id: str
+    event_name: EventName
+    dynamodb: StreamData
+    event_version: str = ""
+    event_source: str = ""
+    aws_region: str = ""
+    event_source_arn: str = ""
+    user_identity: UserIdentity | None = None
+    shard_id: str = ""
+    # Caches for the lazily decoded parts (UNSET until first access).
+    _keys: Any = msgspec.UNSET
+    _new_image: Any = msgspec.UNSET
+    _old_image: Any = msgspec.UNSET
+
+    @property
+    def sequence_number(self) -> str:
+        """The record's position in its shard: a decimal string, increasing per shard."""
+        return self.dynamodb.sequence_number
+
+    @property
+    def keys(self) -> dict[str, Any]:
+        """The item's key attributes as Python values (decoded once, on first access)."""
+        value = self._keys
+        if value is msgspec.UNSET:
+            value = _decode_image(self.dynamodb.keys, "Keys")
+            msgspec.structs.force_setattr(self, "_keys", value)
+        return value  # type: ignore[no-any-return]
+
+    @property
+    def new_image(self) -> dict[str, Any] | None:
+        """The item after the change, or None (REMOVE, or a view type without it)."""
+        value = self._new_image
+        if value is msgspec.UNSET:
+            raw = self.dynamodb.new_image
+            value = _decode_image(raw, "NewImage") if raw else None
+            msgspec.structs.force_setattr(self, "_new_image", value)
+        return value  # type: ignore[no-any-return]
+
+    @property
+    def old_image(self) -> dict[str, Any] | None:
+        """The item before the change, or None (INSERT, or a view type without it)."""
+        value = self._old_image
+        if value is msgspec.UNSET:
+            raw = self.dynamodb.old_image
+            value = _decode_image(raw, "OldImage") if raw else None
+            msgspec.structs.force_setattr(self, "_old_image", value)
+        return value  # type: ignore[no-any-return]
+
+    @property
+    def approximate_creation_time(self) -> datetime | None:
+        """When the change was made (aware, UTC; DynamoDB rounds it to the second)."""
+        value = self.dynamodb.approximate_creation_date_time
+        if value is None:
+            return None
+        if isinstance(value, datetime):
+            return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+        if value > _MILLIS_THRESHOLD:
+            value /= 1000.0
+        return datetime.fromtimestamp(value, UTC)
+
+    @property
+    def size_bytes(self) -> int:
+        """Size of the record's data as DynamoDB counts it."""
+        return self.dynamodb.size_bytes
+
+    @property
+    def stream_view_type(self) -> StreamViewType | None:
+        """Which images the stream writes (None when the record does not say)."""
+        return self.dynamodb.stream_view_type
+
+    @property
+    def is_ttl_delete(self) -> bool:
+        """True for a REMOVE that DynamoDB's Time to Live made, not a user."""
+        identity = self.user_identity
+        return (
+            self.event_name is EventName.REMOVE
+            and identity is not None
+            and identity.type == "Service"
+            and identity.principal_id == "dynamodb.amazonaws.com"
+        )
+
+    def to_json(self) -> bytes:
+        """The record in the stream's JSON shape (plus ``shardId``), raw parts untouched."""
+        return _ENCODER.encode(self._wire())
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record in the stream's JSON shape as plain Python objects (DynamoDB JSON
+        images, not decoded ones)."""
+        return msgspec.json.decode(self.to_json())  # type: ignore[no-any-return]
+
+    def _wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {
+            "eventID": self.event_id,
+            "eventName": self.event_name,
+            "dynamodb": self.dynamodb,
+        }
+        for name, value in (
+            ("eventVersion", self.event_version),
+            ("eventSource", self.event_source),
+            ("awsRegion", self.aws_region),
+            ("eventSourceARN", self.event_source_arn),
+            ("userIdentity", self.user_identity),
+            ("shardId", self.shard_id),
+        ):
+            if value:
+                wire[name] = value
+        return wire
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Record):
+            return NotImplemented
+        return (
+            self.dynamodb.sequence_number == other.dynamodb.sequence_number
+            and self.shard_id == other.shard_id
+            and self.event_id == other.event_id
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.shard_id, self.dynamodb.sequence_number))
+
+    def __repr__(self) -> str:
+        shard = f" shard_id={self.shard_id!r}" if self.shard_id else ""
+        return (
+            f"Record({self.event_name.value} sequence_number={self.sequence_number!r}"
+            f"{shard} keys={self.keys!r})"
+        )
+
+
+class _Page(msgspec.Struct, gc=False):
+    """A GetRecords response body or a Lambda event: both carry ``Records``."""
+
+    Records: list[Record]
+    NextShardIterator: str | None = None
+
+
+_PAGE_DECODER: Final = msgspec.json.Decoder(_Page)
+_ENCODER: Final = msgspec.json.Encoder()
+
+
+def _decode_image(raw: msgspec.Raw, path: str) -> dict[str, Any]:
+    try:
+        item = msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise RecordDecodeError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(item, dict):
+        raise RecordDecodeError(
+            f"{path} must be a JSON object of attribute values, got {type(item).__name__}"
+        )
+    return attrvalue.decode(item, path=path)
+
+
+def decode_page(body: bytes | bytearray | memoryview | str) -> tuple[list[Record], str | None]:
+    """Decode a GetRecords response body into its records and ``NextShardIterator``."""
+    try:
+        page = _PAGE_DECODER.decode(body)
+    except msgspec.ValidationError as exc:
+        raise RecordDecodeError(
+            f"body is not a DynamoDB Streams GetRecords response or Lambda event: {exc}; "
+            "pass the raw response body or the event dict with its 'Records' list"
+        ) from None
+    except msgspec.DecodeError as exc:
+        raise RecordDecodeError(f"body is not valid JSON: {exc}") from None
+    return page.Records, page.NextShardIterator
+
+
+def decode_records(
+    body: bytes | bytearray | memoryview | str | Mapping[str, Any] | Iterable[Mapping[str, Any]],
+    *,
+    shard_id: str | None = None,
+) -> list[Record]:
+    """Decode DynamoDB Streams records, fast, with images left lazy.
+
+    `body` is a GetRecords response body or a Lambda event (``{"Records": [...]}``), as
+    bytes, str or parsed JSON (botocore's parsed response works too), or a list of
+    record objects. `shard_id` is stamped on every record (neither shape carries it).
+    """
+    if isinstance(body, bytes | bytearray | memoryview | str):
+        records, _ = decode_page(body)
+    else:
+        if not isinstance(body, Mapping):
+            body = {"Records": list(body)}
+        # Parsed JSON goes back through the one fast decoder; datetimes and bytes that
+        # botocore produced encode to forms the decoder reads.
+        records, _ = decode_page(_ENCODER.encode(body))
+    if shard_id:
+        for record in records:
+            msgspec.structs.force_setattr(record, "shard_id", shard_id)
+    return records

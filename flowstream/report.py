@@ -1,0 +1,113 @@
+"""What a run did: counts per shard and per sink, and how each shard ended."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+
+import msgspec
+
+__all__ = ["RunReport", "ShardReport", "ShardState", "SinkReport"]
+
+
+class ShardState(enum.StrEnum):
+    """Where a shard stands in a run."""
+
+    PENDING = "pending"  # waiting for its parents to be read to their end
+    RUNNING = "running"
+    CAUGHT_UP = "caught_up"  # drained: read to its current end, everything acknowledged
+    ENDED = "ended"  # closed and read to its end; SHARD_END is checkpointed
+    STOPPED = "stopped"  # stopped at a record that kept failing (see error, stopped_at)
+    SKIPPED = "skipped"  # not read: ended before the run, or closed when starting at LATEST
+
+
+class ShardReport(msgspec.Struct):
+    """Counts for one shard. `read` counts records; the others count elements."""
+
+    shard_id: str
+    parent_shard_id: str | None = None
+    state: ShardState = ShardState.PENDING
+    read: int = 0
+    filtered: int = 0
+    dropped: int = 0
+    delivered: int = 0
+    failed: int = 0
+    retries: int = 0
+    checkpoint: str | None = None
+    stopped_at: str | None = None
+    error: str | None = None
+
+
+class SinkReport(msgspec.Struct):
+    """Counts for one sink: elements acknowledged, elements that failed for good, and
+    `send()` calls made."""
+
+    name: str
+    delivered: int = 0
+    failed: int = 0
+    batches: int = 0
+
+
+class RunReport(msgspec.Struct):
+    """The outcome of `Pipeline.run()`."""
+
+    pipeline: str
+    stream: str = ""
+    started: datetime | None = None
+    finished: datetime | None = None
+    stop_reason: str = ""
+    shards: dict[str, ShardReport] = msgspec.field(default_factory=dict)
+    sinks: dict[str, SinkReport] = msgspec.field(default_factory=dict)
+
+    @property
+    def read(self) -> int:
+        return sum(s.read for s in self.shards.values())
+
+    @property
+    def filtered(self) -> int:
+        return sum(s.filtered for s in self.shards.values())
+
+    @property
+    def dropped(self) -> int:
+        return sum(s.dropped for s in self.shards.values())
+
+    @property
+    def delivered(self) -> int:
+        return sum(s.delivered for s in self.sinks.values())
+
+    @property
+    def failed(self) -> int:
+        return sum(s.failed for s in self.shards.values())
+
+    @property
+    def duration(self) -> float:
+        if self.started is None or self.finished is None:
+            return 0.0
+        return (self.finished - self.started).total_seconds()
+
+    def stopped_shards(self) -> dict[str, ShardReport]:
+        return {k: s for k, s in self.shards.items() if s.state is ShardState.STOPPED}
+
+    def summary(self) -> str:
+        """A few readable lines for logs and the command line."""
+        lines = [
+            f"pipeline {self.pipeline!r}: {self.read} read, {self.filtered} filtered out, "
+            f"{self.dropped} dropped by routing, {self.delivered} delivered, "
+            f"{self.failed} failed in {self.duration:.2f}s ({self.stop_reason or 'running'})"
+        ]
+        states: dict[str, int] = {}
+        for shard in self.shards.values():
+            states[shard.state.value] = states.get(shard.state.value, 0) + 1
+        lines.append(
+            f"  shards: {len(self.shards)} ("
+            + ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
+            + ")"
+        )
+        for shard in self.stopped_shards().values():
+            lines.append(f"  stopped {shard.shard_id} at {shard.stopped_at}: {shard.error}")
+        for sink in self.sinks.values():
+            lines.append(
+                f"  sink {sink.name}: {sink.delivered} delivered, {sink.failed} failed, "
+                f"{sink.batches} batches"
+            )
+        return "\n".join(lines)

@@ -1,0 +1,256 @@
+"""One shard's runner: read pages, process them, deliver in order, advance the frontier.
+
+Two tasks joined by a one-page buffer: the producer reads and processes the next page
+while the consumer delivers the current one, so a slow sink overlaps the next poll. The
+consumer is the only one that delivers, one page at a time, so every sink sees the
+shard's elements in sequence order, and the frontier moves only past pages (or the
+prefix of a page) that every sink acknowledged.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from flowstream.plan import Plan, Processed, StepFailure
+from flowstream.record import Record
+from flowstream.report import ShardReport, ShardState, SinkReport
+from flowstream.runtime.checkpointer import Checkpointer
+from flowstream.sinks.base import Batch, SinkWriter
+from flowstream.sources.base import Shard, ShardReader
+
+__all__ = ["RetryPolicy", "ShardRunner"]
+
+logger = logging.getLogger("flowstream")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often and how patiently a failing record is retried before its shard stops."""
+
+    retries: int = 3
+    backoff: tuple[float, float] = (0.1, 5.0)
+
+    def delay(self, attempt: int) -> float:
+        """Exponential backoff with full jitter (attempt counts from 1)."""
+        base, cap = self.backoff
+        return random.uniform(0.0, min(cap, base * 2 ** (attempt - 1)))
+
+
+@dataclass(slots=True)
+class _Work:
+    """A page (or the part of it before a failure) ready to deliver.
+
+    `records` is what the plan ran over; `done` is how many leading records are
+    finished once this is delivered.
+    """
+
+    records: list[Record]
+    processed: Processed
+    done: int
+    caught_up: bool = False
+    ended: bool = False
+    stop: StepFailure | None = None
+
+
+@dataclass(slots=True)
+class _SinkFailure:
+    record_index: int
+    step: str
+    error: BaseException
+
+
+@dataclass
+class ShardRunner:
+    """Runs one shard until it ends, drains (when draining), stops at a failure, or is
+    told to stop."""
+
+    shard: Shard
+    reader: ShardReader
+    plan: Plan
+    writers: list[SinkWriter]
+    sink_reports: list[SinkReport]
+    report: ShardReport
+    checkpointer: Checkpointer
+    drain: bool
+    policy: RetryPolicy
+    _polling: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    _stopping: bool = False
+
+    def stop(self) -> None:
+        """Stop polling; the page being delivered finishes, later ones are left for the
+        next run."""
+        self._stopping = True
+        self._polling.cancel()
+
+    async def run(self) -> ShardState:
+        send, receive = anyio.create_memory_object_stream[_Work](1)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._produce, send)
+            try:
+                state = await self._consume(receive)
+            finally:
+                self._polling.cancel()
+                receive.close()
+        return state
+
+    # -- producer: read and process ---------------------------------------------------
+
+    async def _produce(self, send: MemoryObjectSendStream[_Work]) -> None:
+        with send, self._polling:
+            while True:
+                page = await self.reader.read()
+                self.report.read += len(page.records)
+                records = page.records
+                attempt = 0
+                while True:
+                    processed = await self.plan.process(records)
+                    failure = processed.failure
+                    if failure is None:
+                        await send.send(
+                            _Work(records, processed, len(records), page.caught_up, page.ended)
+                        )
+                        break
+                    # Deliver what came before the failing record, then retry from it.
+                    await send.send(_Work(records, processed, failure.record_index))
+                    records = records[failure.record_index :]
+                    if attempt >= self.policy.retries:
+                        await send.send(_Work(records, _EMPTY, 0, stop=failure))
+                        return
+                    attempt += 1
+                    self.report.retries += 1
+                    logger.warning(
+                        "shard %s: %s failed on record %s (%s: %s); retry %d of %d",
+                        self.shard.shard_id,
+                        failure.step,
+                        records[0].sequence_number,
+                        type(failure.error).__name__,
+                        failure.error,
+                        attempt,
+                        self.policy.retries,
+                    )
+                    await anyio.sleep(self.policy.delay(attempt))
+                if page.ended or (self.drain and page.caught_up):
+                    return
+
+    # -- consumer: deliver and acknowledge ----------------------------------------------
+
+    async def _consume(self, receive: MemoryObjectReceiveStream[_Work]) -> ShardState:
+        async for work in receive:
+            if self._stopping:
+                break  # left unacknowledged: the next run reads it again
+            if work.stop is not None:
+                return self._stopped(work.records, 0, work.stop.step, work.stop.error, 1)
+            failure = await self._deliver(work)
+            if failure is not None:
+                return self._stopped(
+                    work.records, failure.record_index, failure.step, failure.error, 0
+                )
+            p = work.processed
+            self.report.filtered += p.filtered
+            self.report.dropped += p.dropped
+            if work.done:
+                self.checkpointer.advance(
+                    self.shard.shard_id, work.records[work.done - 1].sequence_number
+                )
+            if work.ended:
+                await self.checkpointer.shard_end(self.shard.shard_id)
+                return ShardState.ENDED
+            if self.drain and work.caught_up:
+                return ShardState.CAUGHT_UP
+        return ShardState.RUNNING
+
+    def _stopped(
+        self,
+        records: list[Record],
+        index: int,
+        step: str,
+        error: BaseException,
+        failed: int,
+    ) -> ShardState:
+        if index:
+            self.checkpointer.advance(self.shard.shard_id, records[index - 1].sequence_number)
+        record = records[index]
+        self.report.failed += failed
+        self.report.stopped_at = record.sequence_number
+        self.report.error = f"{step}: {type(error).__name__}: {error}"
+        logger.error(
+            "shard %s stopped at record %s after %d retries: %s",
+            self.shard.shard_id,
+            record.sequence_number,
+            self.policy.retries,
+            self.report.error,
+        )
+        return ShardState.STOPPED
+
+    async def _deliver(self, work: _Work) -> _SinkFailure | None:
+        jobs = [(i, out) for i, out in enumerate(work.processed.outputs) if out[0]]
+        if not jobs:
+            return None
+        if len(jobs) == 1:
+            i, (values, origins) = jobs[0]
+            return await self._send(i, values, origins, work.records)
+        failures: list[_SinkFailure] = []
+
+        async def send_one(i: int, values: list[Any], origins: list[int]) -> None:
+            failure = await self._send(i, values, origins, work.records)
+            if failure is not None:
+                failures.append(failure)
+
+        async with anyio.create_task_group() as tg:
+            for i, (values, origins) in jobs:
+                tg.start_soon(send_one, i, values, origins)
+        return min(failures, key=lambda f: f.record_index) if failures else None
+
+    async def _send(
+        self, i: int, values: list[Any], origins: list[int], records: list[Record]
+    ) -> _SinkFailure | None:
+        """Deliver to sink `i`, retrying only the items that failed."""
+        writer, stats = self.writers[i], self.sink_reports[i]
+        batch = Batch(self.shard.shard_id, values, [records[o] for o in origins])
+        attempt = 0
+        while True:
+            stats.batches += 1
+            retryable = True
+            try:
+                result = await writer.send(batch)
+            except Exception as exc:
+                failed: dict[int, BaseException] = dict.fromkeys(range(len(batch)), exc)
+            else:
+                failed = dict(result.failed) if result is not None else {}
+                retryable = result.retryable if result is not None else True
+            delivered = len(batch) - len(failed)
+            stats.delivered += delivered
+            self.report.delivered += delivered
+            if not failed:
+                return None
+            first = min(failed)
+            if not retryable or attempt >= self.policy.retries:
+                stats.failed += len(failed)
+                self.report.failed += len(failed)
+                return _SinkFailure(origins[first], f"sink {stats.name}", failed[first])
+            attempt += 1
+            self.report.retries += 1
+            logger.warning(
+                "shard %s: sink %s failed %d of %d item(s) (%s: %s); retry %d of %d",
+                self.shard.shard_id,
+                stats.name,
+                len(failed),
+                len(batch),
+                type(failed[first]).__name__,
+                failed[first],
+                attempt,
+                self.policy.retries,
+            )
+            keep = sorted(failed)
+            batch = batch.subset(keep)
+            origins = [origins[k] for k in keep]
+            await anyio.sleep(self.policy.delay(attempt))
+
+
+_EMPTY = Processed([])

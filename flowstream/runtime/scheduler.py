@@ -1,0 +1,230 @@
+"""The shard scheduler: discovers shards, gates children on their parents, starts one
+runner per readable shard.
+
+Lineage rule (DESIGN.md §2): a child is read only after each parent has been read to
+its end and that end (SHARD_END) is checkpointed. A parent that is no longer listed (its
+records expired) does not block its children.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+
+import anyio
+from anyio.abc import TaskGroup
+
+from flowstream.checkpoints.base import SHARD_END
+from flowstream.errors import CheckpointError
+from flowstream.plan import Plan
+from flowstream.report import RunReport, ShardReport, ShardState, SinkReport
+from flowstream.runtime.checkpointer import Checkpointer
+from flowstream.runtime.runner import RetryPolicy, ShardRunner
+from flowstream.sinks.base import SinkWriter
+from flowstream.sources.base import (
+    TRIM_HORIZON,
+    Position,
+    PositionKind,
+    Shard,
+    StreamSession,
+)
+
+__all__ = ["Scheduler"]
+
+logger = logging.getLogger("flowstream")
+
+# Shards whose end is behind us: their children may be read.
+_FINISHED = (ShardState.ENDED, ShardState.SKIPPED)
+
+
+class Scheduler:
+    """Starts runners as shards become readable, until drained, finished or stopped."""
+
+    def __init__(
+        self,
+        session: StreamSession,
+        plan: Plan,
+        writers: list[SinkWriter],
+        sink_reports: list[SinkReport],
+        report: RunReport,
+        checkpointer: Checkpointer,
+        positions: dict[str, str],
+        *,
+        start: Position,
+        drain: bool,
+        policy: RetryPolicy,
+    ) -> None:
+        self._session = session
+        self._plan = plan
+        self._writers = writers
+        self._sink_reports = sink_reports
+        self._report = report
+        self._checkpointer = checkpointer
+        self._positions = positions
+        self._start = start
+        self._drain = drain
+        self._policy = policy
+        self._known: dict[str, Shard] = {}
+        # Start positions of shards first seen on the initial discovery (None: skipped).
+        self._start_positions: dict[str, Position | None] = {}
+        self._runners: dict[str, ShardRunner] = {}
+        self._changed = anyio.Event()
+        self._relist = True
+        self._stopping = False
+        self._hard = anyio.CancelScope()
+
+    # -- control --------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop discovering and polling; runners finish the page they are delivering."""
+        self._stopping = True
+        for runner in self._runners.values():
+            runner.stop()
+        self._changed.set()
+
+    def abandon(self) -> None:
+        """Cancel every runner now (the grace period is over)."""
+        self._hard.cancel()
+
+    # -- the loop -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        first = True
+        with self._hard:
+            async with anyio.create_task_group() as tg:
+                while not self._stopping:
+                    if self._relist:
+                        self._relist = False
+                        shards = await self._session.list_shards()
+                        self._update(shards, first)
+                        first = False
+                    self._start_ready(tg)
+                    if not self._runners and self._is_finished():
+                        break
+                    await self._wait()
+
+    def _is_finished(self) -> bool:
+        if self._drain:
+            return not self._relist
+        if self._session.finite:
+            return all(
+                self._report.shards[s].state not in (ShardState.PENDING, ShardState.RUNNING)
+                for s in self._known
+            )
+        return False
+
+    async def _wait(self) -> None:
+        """Wait for a runner to finish or, when not draining, for the shard list to
+        change or the discovery interval to pass."""
+        if self._changed.is_set():
+            self._changed = anyio.Event()
+            return
+        timeout = math.inf if self._drain else self._session.discovery_interval
+        async with anyio.create_task_group() as tg:
+
+            async def runner_done() -> None:
+                await self._changed.wait()
+                tg.cancel_scope.cancel()
+
+            async def topology() -> None:
+                await self._session.wait_for_shards(timeout)
+                self._relist = True
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(runner_done)
+            if not self._drain:
+                tg.start_soon(topology)
+        self._changed = anyio.Event()
+
+    # -- shards ---------------------------------------------------------------------------
+
+    def _update(self, shards: Sequence[Shard], first: bool) -> None:
+        for shard in shards:
+            if shard.shard_id in self._known:
+                if shard.closed and not self._known[shard.shard_id].closed:
+                    self._known[shard.shard_id] = shard
+                continue
+            self._known[shard.shard_id] = shard
+            stats = ShardReport(shard.shard_id, shard.parent_shard_id)
+            self._report.shards[shard.shard_id] = stats
+            saved = self._positions.get(shard.shard_id)
+            stats.checkpoint = saved
+            if saved == SHARD_END:
+                stats.state = ShardState.SKIPPED
+            elif (
+                saved is None and first and self._start.kind is PositionKind.LATEST and shard.closed
+            ):
+                # Starting at LATEST: a closed shard has nothing new to offer.
+                stats.state = ShardState.SKIPPED
+                self._start_positions[shard.shard_id] = None
+            elif saved is None and first:
+                self._start_positions[shard.shard_id] = self._start
+
+    def _ready(self, shard: Shard) -> bool:
+        stats = self._report.shards[shard.shard_id]
+        if stats.state is not ShardState.PENDING:
+            return False
+        parent_id = shard.parent_shard_id
+        if parent_id is None or parent_id not in self._known:
+            return True
+        return self._report.shards[parent_id].state in _FINISHED
+
+    def _start_ready(self, tg: TaskGroup) -> None:
+        if self._stopping:
+            return
+        for shard in self._known.values():
+            if self._ready(shard):
+                self._launch(tg, shard)
+
+    def _position(self, shard: Shard) -> Position:
+        saved = self._positions.get(shard.shard_id)
+        if saved is not None:
+            return Position.after(saved)
+        # A shard first seen on the initial discovery starts where the source says;
+        # one that appeared later (a child, the rollover), or whose parent this run
+        # read, is read from its beginning.
+        start = self._start_positions.get(shard.shard_id) or TRIM_HORIZON
+        parent = self._report.shards.get(shard.parent_shard_id or "")
+        if parent is not None and (
+            parent.state is not ShardState.SKIPPED or parent.checkpoint == SHARD_END
+        ):
+            return TRIM_HORIZON
+        return start
+
+    def _launch(self, tg: TaskGroup, shard: Shard) -> None:
+        stats = self._report.shards[shard.shard_id]
+        stats.state = ShardState.RUNNING
+        runner = ShardRunner(
+            shard,
+            self._session.reader(shard, self._position(shard)),
+            self._plan,
+            self._writers,
+            self._sink_reports,
+            stats,
+            self._checkpointer,
+            self._drain,
+            self._policy,
+        )
+        self._runners[shard.shard_id] = runner
+        tg.start_soon(self._run_runner, runner)
+
+    async def _run_runner(self, runner: ShardRunner) -> None:
+        shard_id = runner.shard.shard_id
+        stats = self._report.shards[shard_id]
+        try:
+            stats.state = await runner.run()
+        except CheckpointError:
+            raise
+        except Exception as exc:
+            # One shard's failure never takes the others down: it stops alone.
+            stats.state = ShardState.STOPPED
+            stats.error = f"{type(exc).__name__}: {exc}"
+            logger.exception("shard %s failed", shard_id)
+        finally:
+            del self._runners[shard_id]
+            with anyio.CancelScope(shield=True):
+                await runner.reader.aclose()
+        if stats.state is ShardState.ENDED:
+            self._relist = True  # its children may be listed now
+        self._changed.set()

@@ -1,0 +1,12 @@
+"""Where elements go: `collect()`, `callback(fn)`, `stdout()`, `jsonl(path)`."""
+
+from flowstream.sinks.base import Batch as Batch
+from flowstream.sinks.base import SendResult as SendResult
+from flowstream.sinks.base import Sink as Sink
+from flowstream.sinks.base import SinkWriter as SinkWriter
+from flowstream.sinks.callback import callback as callback
+from flowstream.sinks.collect import collect as collect
+from flowstream.sinks.jsonl import jsonl as jsonl
+from flowstream.sinks.stdout import stdout as stdout
+
+__all__ = ["Batch", "SendResult", "Sink", "SinkWriter", "callback", "collect", "jsonl", "stdout"]

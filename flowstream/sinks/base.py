@@ -1,0 +1,91 @@
+"""The sink protocol: how the runtime hands a shard's elements to a destination.
+
+A `Sink` is configuration; `Sink.open()` gives a `SinkWriter` for one run. The runtime
+calls `SinkWriter.send()` with a `Batch`: one shard's elements for this sink, in
+sequence order, each next to the record it came from. Calls for different shards may
+run concurrently; calls for one shard never overlap and come in order. `send()` returns
+when the destination has the elements (that is the acknowledgement) and reports items
+that failed, so only those are retried.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import msgspec
+
+from flowstream.record import Record
+
+__all__ = ["Batch", "SendResult", "Sink", "SinkWriter"]
+
+
+class Batch(msgspec.Struct, gc=False):
+    """One shard's elements for one sink, in sequence order.
+
+    `values[i]` came from `records[i]` (several values may share a record after a
+    `flat_map`); use the record for idempotency keys and ordering keys.
+    """
+
+    shard_id: str
+    values: list[Any]
+    records: list[Record]
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def subset(self, indices: list[int]) -> Batch:
+        """The items at `indices` (in that order), e.g. those to retry."""
+        values, records = self.values, self.records
+        return Batch(self.shard_id, [values[i] for i in indices], [records[i] for i in indices])
+
+
+class SendResult(msgspec.Struct, gc=False):
+    """The outcome of a `send()` that delivered some items but not all.
+
+    `failed` maps the index of each failed item in the batch to its error; every other
+    item was delivered. `retryable=False` marks failures that retrying cannot fix (a
+    value the destination rejects), so the runtime does not try again.
+    """
+
+    failed: Mapping[int, BaseException]
+    retryable: bool = True
+
+
+class SinkWriter(ABC):
+    """A sink, open for one run."""
+
+    @abstractmethod
+    async def send(self, batch: Batch) -> SendResult | None:
+        """Deliver `batch`; return None when every item was delivered, a `SendResult`
+        naming the items that failed, or raise when none was delivered."""
+
+
+class Sink(ABC):
+    """A destination for pipeline elements."""
+
+    @property
+    def name(self) -> str:
+        """The sink's name in plans and reports."""
+        return self.describe()
+
+    @abstractmethod
+    def describe(self) -> str:
+        """A short, human-readable description, e.g. ``jsonl(out.jsonl)``."""
+
+    @abstractmethod
+    def open(self) -> AbstractAsyncContextManager[SinkWriter]:
+        """Open the sink for one run (connections, files) and close it afterwards."""
+
+
+class SimpleSink(Sink, SinkWriter):
+    """A sink with nothing to open: it is its own writer."""
+
+    def open(self) -> AbstractAsyncContextManager[SinkWriter]:
+        return self._self_context()
+
+    @asynccontextmanager
+    async def _self_context(self) -> AsyncIterator[SinkWriter]:
+        yield self
