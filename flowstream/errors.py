@@ -91,6 +91,6 @@ class ShardStoppedError(FlowstreamError):
         )
         super().__init__(
             f"{len(stopped)} shard(s) stopped at a failing record ({details}); fix the cause "
-            "and run again to resume from the checkpoint, or give .on_failure(dead_letter=...) "
-            "so failing records are set aside"
+            "and run again: each stopped shard resumes from its checkpoint, just before the "
+            "failing record"
         )

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, final, overload
 
+import anyio
+
 from flowstream.errors import PipelineError
 from flowstream.plan import (
     Filter,
@@ -292,13 +294,15 @@ class Pipeline(Generic[T]):
         drain: bool = False,
         grace_period: float = 10.0,
         handle_signals: bool = False,
+        stop: anyio.Event | None = None,
     ) -> RunReport:
         """Run the pipeline: one task per readable shard, children after parents.
 
         `drain=True` returns once every readable shard has been read to its current end
         and everything read is acknowledged; otherwise the run goes on until cancelled
-        (or, with `handle_signals=True`, until SIGTERM/SIGINT). Stopping stops polling,
-        gives in-flight batches `grace_period` seconds to finish and writes checkpoints.
+        (or, with `handle_signals=True`, until SIGTERM/SIGINT, or until `stop` is set;
+        these two return the report). Stopping stops polling, gives in-flight batches
+        `grace_period` seconds to finish, and writes checkpoints.
         Without `checkpoints`, progress is kept in memory for this run only.
         """
         from flowstream.runtime.engine import run_pipeline
@@ -317,4 +321,5 @@ class Pipeline(Generic[T]):
             drain=drain,
             grace_period=grace_period,
             handle_signals=handle_signals,
+            stop=stop,
         )

@@ -19,6 +19,7 @@ class ShardState(enum.StrEnum):
     ENDED = "ended"  # closed and read to its end; SHARD_END is checkpointed
     STOPPED = "stopped"  # stopped at a record that kept failing (see error, stopped_at)
     SKIPPED = "skipped"  # not read: ended before the run, or closed when starting at LATEST
+    INTERRUPTED = "interrupted"  # the run stopped while reading it; resumes from its checkpoint
 
 
 class ShardReport(msgspec.Struct):

@@ -44,6 +44,7 @@ async def run_pipeline(
     drain: bool,
     grace_period: float,
     handle_signals: bool,
+    stop: anyio.Event | None = None,
     policy: RetryPolicy | None = None,
 ) -> RunReport:
     engine = _Engine(
@@ -54,6 +55,7 @@ async def run_pipeline(
         drain=drain,
         grace_period=grace_period,
         handle_signals=handle_signals,
+        stop_event=stop,
         policy=policy or RetryPolicy(),
     )
     async with anyio.create_task_group() as tg:
@@ -84,6 +86,7 @@ class _Engine:
         drain: bool,
         grace_period: float,
         handle_signals: bool,
+        stop_event: anyio.Event | None,
         policy: RetryPolicy,
     ) -> None:
         self.plan = plan
@@ -92,6 +95,7 @@ class _Engine:
         self.drain = drain
         self.grace_period = grace_period
         self.handle_signals = handle_signals
+        self.stop_event = stop_event
         self.policy = policy
         self.report = RunReport(pipeline=name)
         self.finished = anyio.Event()
@@ -143,9 +147,11 @@ class _Engine:
                 self.store.open(report.pipeline, session.stream_id)
             )
             writers = [await stack.enter_async_context(s.open()) for s in self.plan.sinks]
-            sink_reports = [SinkReport(_unique(s.name, report)) for s in self.plan.sinks]
-            for stats in sink_reports:
+            sink_reports = []
+            for sink in self.plan.sinks:
+                stats = SinkReport(_unique(sink.name, report))
                 report.sinks[stats.name] = stats
+                sink_reports.append(stats)
             positions = await store.load()
             checkpointer = Checkpointer(store, self.store.flush_interval, report)
             scheduler = Scheduler(
@@ -166,6 +172,8 @@ class _Engine:
                 tg.start_soon(checkpointer.run)
                 if self.handle_signals:
                     tg.start_soon(self._watch_signals)
+                if self.stop_event is not None:
+                    tg.start_soon(self._watch_stop_event, self.stop_event)
                 if self._stop_reason is not None:
                     scheduler.stop()
                     tg.start_soon(self._grace_timer)
@@ -178,6 +186,10 @@ class _Engine:
                         await checkpointer.flush()
             if not report.stop_reason:
                 report.stop_reason = "drained" if self.drain else "finished"
+
+    async def _watch_stop_event(self, event: anyio.Event) -> None:
+        await event.wait()
+        self.stop("stop requested")
 
     async def _watch_signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

@@ -163,7 +163,7 @@ class ShardRunner:
                 return ShardState.ENDED
             if self.drain and work.caught_up:
                 return ShardState.CAUGHT_UP
-        return ShardState.RUNNING
+        return ShardState.INTERRUPTED
 
     def _stopped(
         self,
