@@ -23,6 +23,7 @@ from flowstream.errors import ShardStoppedError
 from flowstream.plan import Plan
 from flowstream.report import RunReport, SinkReport
 from flowstream.runtime.checkpointer import Checkpointer
+from flowstream.runtime.groups import first_error
 from flowstream.runtime.runner import RetryPolicy
 from flowstream.runtime.scheduler import Scheduler
 from flowstream.sources.base import Source
@@ -132,7 +133,7 @@ class _Engine:
             with anyio.CancelScope(shield=True):
                 await self._main()
         except BaseException as exc:
-            self.error = _unwrap(exc)
+            self.error = first_error(exc)
         finally:
             self.report.finished = datetime.now(UTC)
             self.finished.set()
@@ -207,12 +208,3 @@ def _unique(name: str, report: RunReport) -> str:
     while f"{name}#{n}" in report.sinks:
         n += 1
     return f"{name}#{n}"
-
-
-def _unwrap(exc: BaseException) -> BaseException:
-    """The error to show for a failed run: the first real error inside task-group
-    exception groups (cancellations are a consequence, not the cause)."""
-    while isinstance(exc, BaseExceptionGroup):
-        inner = [e for e in exc.exceptions if not isinstance(e, anyio.get_cancelled_exc_class())]
-        exc = (inner or list(exc.exceptions))[0]
-    return exc

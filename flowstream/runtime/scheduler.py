@@ -20,6 +20,7 @@ from flowstream.errors import CheckpointError
 from flowstream.plan import Plan
 from flowstream.report import RunReport, ShardReport, ShardState, SinkReport
 from flowstream.runtime.checkpointer import Checkpointer
+from flowstream.runtime.groups import first_error
 from flowstream.runtime.runner import RetryPolicy, ShardRunner
 from flowstream.sinks.base import SinkWriter
 from flowstream.sources.base import (
@@ -214,13 +215,14 @@ class Scheduler:
         stats = self._report.shards[shard_id]
         try:
             stats.state = await runner.run()
-        except CheckpointError:
-            raise
-        except Exception as exc:
+        except Exception as group:
+            exc = first_error(group)
+            if isinstance(exc, CheckpointError):
+                raise exc from None
             # One shard's failure never takes the others down: it stops alone.
             stats.state = ShardState.STOPPED
             stats.error = f"{type(exc).__name__}: {exc}"
-            logger.exception("shard %s failed", shard_id)
+            logger.error("shard %s failed: %s", shard_id, stats.error, exc_info=exc)
         finally:
             del self._runners[shard_id]
             with anyio.CancelScope(shield=True):
