@@ -7,8 +7,8 @@ so every mistake that can be seen while building is reported there, as a
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, final, overload
+from collections.abc import Callable, Coroutine, Iterable
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, final, overload
 
 import anyio
 
@@ -56,7 +56,7 @@ class When:
         return f"when({callable_name(self.predicate)}, {names})"
 
 
-def when(predicate: Callable[[Any], bool | Awaitable[bool]], *sinks: Sink) -> When:
+def when(predicate: Callable[[Any], object], *sinks: Sink) -> When:
     """A route for `Pipeline.route()`: elements where `predicate(element)` is true go to
     every one of `sinks`."""
     if not callable(predicate):
@@ -76,10 +76,14 @@ def when(predicate: Callable[[Any], bool | Awaitable[bool]], *sinks: Sink) -> Wh
 
 def _check_sink(sink: object, where: str) -> None:
     if not isinstance(sink, Sink):
-        raise PipelineError(
-            f"{where} got {type(sink).__name__} where a sink belongs; use a sink from "
-            "flowstream.sinks, e.g. sinks.collect() or sinks.callback(fn)"
-        )
+        _not_a_sink(sink, where)
+
+
+def _not_a_sink(thing: object, where: str) -> NoReturn:
+    raise PipelineError(
+        f"{where} got {type(thing).__name__} where a sink belongs; use a sink from "
+        "flowstream.sinks, e.g. sinks.collect() or sinks.callback(fn)"
+    )
 
 
 class Pipeline(Generic[T]):
@@ -121,14 +125,17 @@ class Pipeline(Generic[T]):
         return new
 
     def _where(self, method: str) -> str:
-        return f".{method}() at step {len(self._steps) + 1}"
+        # The end (.route()/.to()) is a step too: a call after it is one step further.
+        position = len(self._steps) + (1 if self._route is None else 2)
+        return f".{method}() at step {position}"
 
     def _check_open(self, method: str) -> None:
         if self._route is not None:
+            end = self._route.describe().split("\n")[0]
             raise PipelineError(
-                f"{self._where(method)} comes after the pipeline's end "
-                f"({self._route.describe().split(chr(10))[0]}); put filter/map/flat_map "
-                "steps before .route() or .to()"
+                f"{self._where(method)} comes after the pipeline's end (step "
+                f"{len(self._steps) + 1}: {end}); put filter/map/flat_map steps before "
+                ".route() or .to(), and end a pipeline only once"
             )
 
     def _check_callable(self, fn: object, method: str) -> None:
@@ -140,12 +147,13 @@ class Pipeline(Generic[T]):
 
     def filter(
         self,
-        predicate: Callable[[T], bool | Awaitable[bool]] | None = None,
+        predicate: Callable[[T], object] | None = None,
         *,
         events: Iterable[str] | str | None = None,
     ) -> Pipeline[T]:
-        """Keep elements where `predicate(element)` is true, and/or whose originating
-        record's event name is in `events` (also after a `map`)."""
+        """Keep elements where `predicate(element)` is true (any truthy value; a sync or
+        async function), and/or whose originating record's event name is in `events`
+        (also after a `map`)."""
         self._check_open("filter")
         if predicate is None and events is None:
             raise PipelineError(
@@ -165,6 +173,11 @@ class Pipeline(Generic[T]):
     def _event_names(self, events: Iterable[str] | str) -> frozenset[EventName]:
         if isinstance(events, str):
             events = [events]
+        elif not isinstance(events, Iterable) or isinstance(events, bytes | bytearray):
+            raise PipelineError(
+                f"{self._where('filter')} got events={events!r}; pass an event name or a "
+                f"list of them, e.g. events=['MODIFY', 'REMOVE'] (from {_VALID_EVENTS})"
+            )
         names: set[EventName] = set()
         for event in events:
             try:
@@ -181,8 +194,11 @@ class Pipeline(Generic[T]):
             )
         return frozenset(names)
 
+    # Coroutine, not Awaitable: with Awaitable, mypy finds both overloads matching an
+    # `async def` returning dict[str, Any] (the Any makes them ambiguous) and infers
+    # Pipeline[Any]. A sync function returning some other awaitable gives that value.
     @overload
-    def map(self, fn: Callable[[T], Awaitable[U]]) -> Pipeline[U]: ...
+    def map(self, fn: Callable[[T], Coroutine[Any, Any, U]]) -> Pipeline[U]: ...
     @overload
     def map(self, fn: Callable[[T], U]) -> Pipeline[U]: ...
     def map(self, fn: Callable[[T], Any]) -> Pipeline[Any]:
@@ -192,7 +208,7 @@ class Pipeline(Generic[T]):
         return self._next(Map(fn, is_async_callable(fn)))
 
     @overload
-    def flat_map(self, fn: Callable[[T], Awaitable[Iterable[U]]]) -> Pipeline[U]: ...
+    def flat_map(self, fn: Callable[[T], Coroutine[Any, Any, Iterable[U]]]) -> Pipeline[U]: ...
     @overload
     def flat_map(self, fn: Callable[[T], Iterable[U]]) -> Pipeline[U]: ...
     def flat_map(self, fn: Callable[[T], Any]) -> Pipeline[Any]:
@@ -219,6 +235,8 @@ class Pipeline(Generic[T]):
             other: tuple[Sink, ...] = ()
         elif isinstance(otherwise, Sink):
             other = (otherwise,)
+        elif not isinstance(otherwise, Iterable):
+            _not_a_sink(otherwise, f"{where} otherwise=")
         else:
             other = tuple(otherwise)
             for sink in other:
@@ -280,8 +298,8 @@ class Pipeline(Generic[T]):
         if self._route is None:
             raise PipelineError(
                 f"pipeline{' ' + repr(self._name) if self._name else ''} has nothing at its "
-                "end, so its elements would go nowhere; finish it with .to(sink, ...) or "
-                ".route(fs.when(...), otherwise=...)"
+                f"end, so its elements would go nowhere; make step {len(self._steps) + 1} "
+                ".to(sink, ...) or .route(fs.when(...), otherwise=...)"
             )
         return Plan(self._steps, self._route)
 

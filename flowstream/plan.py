@@ -10,10 +10,12 @@ is kept by never delivering past a failure).
 
 from __future__ import annotations
 
+import functools
 import inspect
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import CoroutineType
 from typing import Any
 
 from flowstream.record import EventName, Record
@@ -23,7 +25,12 @@ __all__ = ["Filter", "FlatMap", "Map", "Plan", "Processed", "Route", "Step", "St
 
 
 def is_async_callable(fn: Callable[..., Any]) -> bool:
-    """True for `async def` functions, async callable objects and partials of either."""
+    """True for `async def` functions, async callable objects and partials of either.
+
+    A sync function that returns a coroutine (``lambda r: check(r)`` with an async
+    `check`) is not one, so the steps await a coroutine a sync function returns."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
     if inspect.iscoroutinefunction(fn):
         return True
     call = getattr(fn, "__call__", None)  # noqa: B004 - looking for an async __call__
@@ -31,8 +38,14 @@ def is_async_callable(fn: Callable[..., Any]) -> bool:
 
 
 def callable_name(fn: Callable[..., Any]) -> str:
+    """A function's name for plans and errors: ``Class.method``, ``check`` for a function
+    nested in another (not ``outer.<locals>.check``), the class of a callable object."""
+    if isinstance(fn, functools.partial):
+        return f"partial({callable_name(fn.func)})"
     name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
-    return name if isinstance(name, str) else type(fn).__name__
+    if not isinstance(name, str):
+        return type(fn).__name__
+    return name.rpartition("<locals>.")[2]
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +135,20 @@ class Processed:
     filtered: int = 0
     dropped: int = 0
     failure: StepFailure | None = None
+    #: (record indices in, record indices out) of each filter step that ran
+    filter_origins: list[tuple[list[int], list[int]]] = field(default_factory=list, repr=False)
+    #: record index of each element the route dropped
+    dropped_origins: list[int] = field(default_factory=list, repr=False)
+
+    def counts_before(self, record_index: int) -> tuple[int, int]:
+        """(filtered, dropped): how many elements of the records before `record_index`
+        were filtered out and dropped by the route. What to count when delivery stops
+        at that record; the records from it on are processed (and counted) again."""
+        filtered = sum(
+            bisect_left(kept_in, record_index) - bisect_left(kept_out, record_index)
+            for kept_in, kept_out in self.filter_origins
+        )
+        return filtered, bisect_left(self.dropped_origins, record_index)
 
 
 @dataclass(slots=True)
@@ -137,11 +164,12 @@ class Plan:
     def __post_init__(self) -> None:
         self.sinks = self.route.sinks()
         index = {id(sink): i for i, sink in enumerate(self.sinks)}
+        # A sink named twice in one route (`.to(s, s)`) still gets each element once.
         self._routes = [
-            (pred, [index[id(s)] for s in sinks], is_async)
+            (pred, list(dict.fromkeys(index[id(s)] for s in sinks)), is_async)
             for pred, sinks, is_async in self.route.whens
         ]
-        self._otherwise = [index[id(s)] for s in self.route.otherwise]
+        self._otherwise = list(dict.fromkeys(index[id(s)] for s in self.route.otherwise))
 
     def step_label(self, position: int) -> str:
         if position == len(self.steps):
@@ -152,16 +180,19 @@ class Plan:
         """Run every step over `records` (one shard's page, in order)."""
         values: list[Any] = list(records)
         origins: list[int] = list(range(len(records)))
-        filtered = 0
+        # (origins in, origins out) of each filter step that ran: the filtered count is
+        # taken at the end, when it is known which records are held back (they are
+        # processed again later and counted then, not twice).
+        filters: list[tuple[list[int], list[int]]] = []
         failure: StepFailure | None = None
         for position, step in enumerate(self.steps):
             if not values:
                 break
             try:
                 if isinstance(step, Filter):
-                    before = len(values)
+                    before = origins
                     values, origins = await _filter(step, records, values, origins)
-                    filtered += before - len(values)
+                    filters.append((before, origins))
                 elif isinstance(step, Map):
                     values = await _map(step, values, origins)
                 else:
@@ -172,44 +203,52 @@ class Plan:
                 record_index = exc.origin
                 failure = StepFailure(record_index, self.step_label(position), exc.error)
                 if isinstance(step, Filter):
-                    filtered += bisect_left(origins, record_index) - bisect_left(
-                        exc.origins, record_index
-                    )
+                    filters.append((origins, exc.origins))
                 cut = bisect_left(exc.origins, record_index)
                 values, origins = exc.values[:cut], exc.origins[:cut]
         outputs: list[tuple[list[Any], list[int]]] = [([], []) for _ in self.sinks]
-        dropped = 0
+        dropped: list[int] = []
         if values:
             try:
                 dropped = await self._route(values, origins, outputs)
             except _ElementError as exc:
                 record_index = exc.origin
-                failure = StepFailure(record_index, self.step_label(len(self.steps)), exc.error)
+                label = f"{self.step_label(len(self.steps))} {exc.where}"
+                failure = StepFailure(record_index, label, exc.error)
                 for i, (out_values, out_origins) in enumerate(outputs):
                     cut = bisect_left(out_origins, record_index)
                     outputs[i] = (out_values[:cut], out_origins[:cut])
-                dropped = sum(1 for origin in exc.origins if origin < record_index)
-        return Processed(outputs, filtered, dropped, failure)
+                dropped = exc.origins
+        processed = Processed(
+            outputs, failure=failure, filter_origins=filters, dropped_origins=dropped
+        )
+        end = len(records) if failure is None else failure.record_index
+        processed.filtered, processed.dropped = processed.counts_before(end)
+        return processed
 
     async def _route(
         self,
         values: list[Any],
         origins: list[int],
         outputs: list[tuple[list[Any], list[int]]],
-    ) -> int:
-        """Fill `outputs`; return how many elements no route took."""
+    ) -> list[int]:
+        """Fill `outputs`; return the origins of the elements no route took."""
         if not self._routes:
             # .to() or a bare otherwise: every sink gets the same lists (read-only)
             for i in self._otherwise:
                 outputs[i] = (values, origins)
-            return 0 if self._otherwise else len(values)
+            return [] if self._otherwise else origins
         dropped_origins: list[int] = []
         n = 0
+        pred: Callable[[Any], Any] | None = None
         try:
             for n, value in enumerate(values):
                 targets = self._otherwise
                 for pred, sinks, is_async in self._routes:
-                    if await pred(value) if is_async else pred(value):
+                    matched = pred(value)
+                    if is_async or type(matched) is CoroutineType:
+                        matched = await matched
+                    if matched:
                         targets = sinks
                         break
                 origin = origins[n]
@@ -220,21 +259,29 @@ class Plan:
                     out_values.append(value)
                     out_origins.append(origin)
         except Exception as exc:
-            raise _ElementError(origins[n], exc, [], dropped_origins) from exc
-        return len(dropped_origins)
+            where = f"when {callable_name(pred)}" if pred is not None else ""
+            raise _ElementError(origins[n], exc, [], dropped_origins, where) from exc
+        return dropped_origins
 
 
 class _ElementError(Exception):
     """A user function raised for an element of record `origin`; `values`/`origins`
-    are the step's output for the elements before it."""
+    are the step's output for the elements before it; `where` narrows the step down
+    (which route predicate)."""
 
     def __init__(
-        self, origin: int, error: BaseException, values: list[Any], origins: list[int]
+        self,
+        origin: int,
+        error: BaseException,
+        values: list[Any],
+        origins: list[int],
+        where: str = "",
     ) -> None:
         self.origin = origin
         self.error = error
         self.values = values
         self.origins = origins
+        self.where = where
 
 
 async def _filter(
@@ -252,9 +299,13 @@ async def _filter(
     kept_values: list[Any] = []
     kept_origins: list[int] = []
     n = 0
+    is_async = step.is_async
     try:
         for n, value in enumerate(values):
-            if await predicate(value) if step.is_async else predicate(value):
+            keep = predicate(value)
+            if is_async or type(keep) is CoroutineType:
+                keep = await keep
+            if keep:
                 kept_values.append(value)
                 kept_origins.append(origins[n])
     except Exception as exc:
@@ -272,7 +323,10 @@ async def _map(step: Map, values: list[Any], origins: list[int]) -> list[Any]:
                 append(await fn(value))
         else:
             for value in values:
-                append(fn(value))
+                result = fn(value)
+                if type(result) is CoroutineType:
+                    result = await result
+                append(result)
     except Exception as exc:
         raise _ElementError(origins[len(out)], exc, out, origins[: len(out)]) from exc
     return out
@@ -284,11 +338,14 @@ async def _flat_map(
     fn = step.fn
     out: list[Any] = []
     out_origins: list[int] = []
+    is_async = step.is_async
     n = 0
     try:
         for n, value in enumerate(values):
-            produced = await fn(value) if step.is_async else fn(value)
-            items = list(produced) if isinstance(produced, Iterable) else _not_iterable(produced)
+            produced = fn(value)
+            if is_async or type(produced) is CoroutineType:
+                produced = await produced
+            items = produced if type(produced) is list else _elements(produced)
             out.extend(items)
             out_origins.extend([origins[n]] * len(items))
     except Exception as exc:
@@ -296,8 +353,15 @@ async def _flat_map(
     return out, out_origins
 
 
-def _not_iterable(produced: object) -> list[Any]:
+def _elements(produced: object) -> list[Any]:
+    """What a flat_map function returned, as a list of elements. A str, bytes or mapping
+    is iterable, but its characters, ints or keys are never the elements meant: that
+    is `return element` written for `return [element]`."""
+    if isinstance(produced, Iterable) and not isinstance(
+        produced, str | bytes | bytearray | Mapping
+    ):
+        return list(produced)
     raise TypeError(
-        f"flat_map function returned {type(produced).__name__}, not an iterable; "
-        "return a list (or any iterable) of elements, [] for none"
+        f"flat_map function returned {type(produced).__name__}, not a list of elements; "
+        "return a list (or another iterable) of elements: [element] for one, [] for none"
     )

@@ -148,6 +148,10 @@ class ShardRunner:
                 return self._stopped(work.records, 0, work.stop.step, work.stop.error, 1)
             failure = await self._deliver(work)
             if failure is not None:
+                # count what was settled before the failing record; the rest is read again
+                filtered, dropped = work.processed.counts_before(failure.record_index)
+                self.report.filtered += filtered
+                self.report.dropped += dropped
                 return self._stopped(
                     work.records, failure.record_index, failure.step, failure.error, 0
                 )

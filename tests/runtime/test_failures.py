@@ -195,3 +195,25 @@ class TestShardErrors:
         assert "cannot serialise a object value" in (stopped.error or "")
         assert stopped.retries == 0
         assert stopped.stopped_at == stream.records(shard)[1].sequence_number
+
+
+class TestCountsAtAStop:
+    async def test_records_settled_before_a_sink_failure_are_counted(self) -> None:
+        stream = MemoryStream()
+        shard = stream.add_shard()
+        stream.put(shard, "MODIFY", {"pk": "a"}, {"pk": "a"}, {"pk": "a"})
+        stream.put(shard, "INSERT", {"pk": "b"}, {"pk": "b"})
+
+        def reject(values: list[Any]) -> None:
+            raise RuntimeError("down")
+
+        with pytest.raises(fs.ShardStoppedError) as caught:
+            await (
+                fs.Pipeline(stream)
+                .filter(events="INSERT")
+                .to(sinks.callback(reject))
+                .run(drain=True)
+            )
+        report = caught.value.report
+        assert report.filtered == 1
+        assert report.shards[shard].stopped_at == stream.records(shard)[1].sequence_number
