@@ -10,14 +10,14 @@ form a cycle).
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
 import msgspec
 
 from flowstream import attrvalue
-from flowstream.errors import RecordDecodeError
+from flowstream.errors import AttributeValueError, RecordDecodeError
 
 __all__ = ["EventName", "Record", "StreamViewType", "decode_records"]
 
@@ -64,10 +64,30 @@ class StreamData(msgspec.Struct, frozen=True, gc=False, omit_defaults=True, rena
     approximate_creation_date_time: float | datetime | None = None
 
 
+class _LazyParts:
+    """The slot for the decoded keys and images of a `Record`. It lives outside the
+    Struct's fields, so msgspec neither encodes it nor fills it from input: a record
+    encodes to the stream's own shape wherever it is nested, and no body can plant
+    "decoded" images. It holds one immutable tuple, set when the record is built and
+    replaced as parts are decoded, so that reading it never raises (an AttributeError
+    per record would cost more than decoding small keys)."""
+
+    __slots__ = ("_decoded",)
+    _decoded: tuple[Any, Any, Any]  # keys, new_image, old_image; UNSET until decoded
+
+
+_UNDECODED: Final = (msgspec.UNSET, msgspec.UNSET, msgspec.UNSET)
+_set_decoded: Final[Callable[[Any, tuple[Any, Any, Any]], None]] = _LazyParts.__dict__[
+    "_decoded"
+].__set__
+
+
 class Record(
     msgspec.Struct,
+    _LazyParts,
     frozen=True,
     gc=False,
+    omit_defaults=True,
     rename={
         "event_id": "eventID",
         "event_name": "eventName",
@@ -95,43 +115,55 @@ class Record(
     event_source_arn: str = ""
     user_identity: UserIdentity | None = None
     shard_id: str = ""
-    # Caches for the lazily decoded parts (UNSET until first access).
-    _keys: Any = msgspec.UNSET
-    _new_image: Any = msgspec.UNSET
-    _old_image: Any = msgspec.UNSET
 
     @property
     def sequence_number(self) -> str:
         """The record's position in its shard: a decimal string, increasing per shard."""
         return self.dynamodb.sequence_number
 
+    def __post_init__(self) -> None:
+        # Runs for decoded records too; one slot store is all it does (hot path).
+        _set_decoded(self, _UNDECODED)
+
     @property
     def keys(self) -> dict[str, Any]:
         """The item's key attributes as Python values (decoded once, on first access)."""
-        value = self._keys
+        try:
+            parts = self._decoded
+        except AttributeError:  # a copy made without __post_init__ (copy.copy, pickle)
+            parts = _UNDECODED
+        value = parts[0]
         if value is msgspec.UNSET:
             value = _decode_image(self.dynamodb.keys, "Keys")
-            msgspec.structs.force_setattr(self, "_keys", value)
+            _set_decoded(self, (value, parts[1], parts[2]))
         return value  # type: ignore[no-any-return]
 
     @property
     def new_image(self) -> dict[str, Any] | None:
         """The item after the change, or None (REMOVE, or a view type without it)."""
-        value = self._new_image
+        try:
+            parts = self._decoded
+        except AttributeError:  # a copy made without __post_init__ (copy.copy, pickle)
+            parts = _UNDECODED
+        value = parts[1]
         if value is msgspec.UNSET:
             raw = self.dynamodb.new_image
             value = _decode_image(raw, "NewImage") if raw else None
-            msgspec.structs.force_setattr(self, "_new_image", value)
+            _set_decoded(self, (parts[0], value, parts[2]))
         return value  # type: ignore[no-any-return]
 
     @property
     def old_image(self) -> dict[str, Any] | None:
         """The item before the change, or None (INSERT, or a view type without it)."""
-        value = self._old_image
+        try:
+            parts = self._decoded
+        except AttributeError:  # a copy made without __post_init__ (copy.copy, pickle)
+            parts = _UNDECODED
+        value = parts[2]
         if value is msgspec.UNSET:
             raw = self.dynamodb.old_image
             value = _decode_image(raw, "OldImage") if raw else None
-            msgspec.structs.force_setattr(self, "_old_image", value)
+            _set_decoded(self, (parts[0], parts[1], value))
         return value  # type: ignore[no-any-return]
 
     @property
@@ -168,31 +200,14 @@ class Record(
         )
 
     def to_json(self) -> bytes:
-        """The record in the stream's JSON shape (plus ``shardId``), raw parts untouched."""
-        return _ENCODER.encode(self._wire())
+        """The record in the stream's JSON shape (plus ``shardId``), raw parts untouched.
+        (msgspec encodes a record to this shape anywhere, e.g. inside a dict.)"""
+        return _ENCODER.encode(self)
 
     def to_dict(self) -> dict[str, Any]:
         """The record in the stream's JSON shape as plain Python objects (DynamoDB JSON
         images, not decoded ones)."""
         return msgspec.json.decode(self.to_json())  # type: ignore[no-any-return]
-
-    def _wire(self) -> dict[str, Any]:
-        wire: dict[str, Any] = {
-            "eventID": self.event_id,
-            "eventName": self.event_name,
-            "dynamodb": self.dynamodb,
-        }
-        for name, value in (
-            ("eventVersion", self.event_version),
-            ("eventSource", self.event_source),
-            ("awsRegion", self.aws_region),
-            ("eventSourceARN", self.event_source_arn),
-            ("userIdentity", self.user_identity),
-            ("shardId", self.shard_id),
-        ):
-            if value:
-                wire[name] = value
-        return wire
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Record):
@@ -200,7 +215,6 @@ class Record(
         return (
             self.dynamodb.sequence_number == other.dynamodb.sequence_number
             and self.shard_id == other.shard_id
-            and self.event_id == other.event_id
         )
 
     def __hash__(self) -> int:
@@ -208,9 +222,14 @@ class Record(
 
     def __repr__(self) -> str:
         shard = f" shard_id={self.shard_id!r}" if self.shard_id else ""
+        try:
+            keys = repr(self.keys)
+        except (AttributeValueError, RecordDecodeError):
+            # repr() runs in tracebacks and logs of exactly such records: never raise.
+            keys = f"<undecodable {bytes(self.dynamodb.keys).decode(errors='replace')}>"
         return (
             f"Record({self.event_name.value} sequence_number={self.sequence_number!r}"
-            f"{shard} keys={self.keys!r})"
+            f"{shard} keys={keys})"
         )
 
 

@@ -1,8 +1,9 @@
 """Turns pipeline elements into bytes for sinks, one way for every sink.
 
-Records become the stream's own JSON (`Record.to_json()`); str and bytes pass as they
-are; everything else (dicts, lists, msgspec Structs, dataclasses, datetimes, Decimals,
-sets) is encoded by msgspec as JSON, Decimals as JSON numbers so no digit is lost.
+str and bytes (and other bytes-like objects) pass as they are; everything else (records,
+dicts, lists, msgspec Structs, dataclasses, datetimes, Decimals, sets) is encoded by
+msgspec as JSON. A record, alone or nested, takes the stream's own JSON shape
+(`Record.to_json()`); Decimals become JSON numbers so no digit is lost.
 """
 
 from __future__ import annotations
@@ -12,50 +13,101 @@ from typing import Any, Final
 import msgspec
 
 from flowstream.errors import SinkError
-from flowstream.record import Record
 
 __all__ = ["SerializationError", "encode_lines", "to_bytes"]
 
+_HELP: Final = (
+    "map elements to dicts, lists, str, bytes, numbers, msgspec Structs or dataclasses first"
+)
+
 
 class SerializationError(SinkError, TypeError):
-    """An element that cannot be turned into bytes (its type is named)."""
+    """Raised by `to_bytes` (and failed per item by the sinks that use it) for an element
+    that cannot be turned into bytes; the message names the type."""
+
+
+class _Unsupported(Exception):
+    """Internal: msgspec met a value it cannot encode, somewhere inside the element."""
+
+    def __init__(self, value: object) -> None:
+        self.type_name = _type_name(type(value))
 
 
 def _enc_hook(value: Any) -> Any:
-    if isinstance(value, Record):
-        return msgspec.Raw(value.to_json())
-    raise NotImplementedError(type(value))
+    raise _Unsupported(value)
+
+
+def _type_name(cls: type) -> str:
+    if cls.__module__ == "builtins":
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 _ENCODER: Final = msgspec.json.Encoder(enc_hook=_enc_hook, decimal_format="number")
+_CHECKER: Final = msgspec.json.Decoder()
 
 
 def to_bytes(value: Any) -> bytes:
-    """The bytes a sink sends for `value`."""
+    """The bytes a sink sends for `value`. Raises `SerializationError`."""
     if isinstance(value, bytes):
         return value
     if isinstance(value, str):
         return value.encode()
-    if isinstance(value, Record):
-        return value.to_json()
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
     try:
-        return _ENCODER.encode(value)
-    except (TypeError, NotImplementedError) as exc:
+        data = _ENCODER.encode(value)
+    except _Unsupported as exc:
+        outer = _type_name(type(value))
+        where = "" if exc.type_name == outer else f" (it holds a {exc.type_name})"
+        raise SerializationError(f"cannot serialise a {outer} value{where}; {_HELP}") from None
+    except (TypeError, ValueError, OverflowError) as exc:
         raise SerializationError(
-            f"cannot serialise a {type(value).__name__} value ({exc}); map elements to "
-            "dicts, lists, str, bytes, numbers, msgspec Structs or dataclasses first"
+            f"cannot serialise a {_type_name(type(value))} value: {exc}; {_HELP}"
         ) from None
+    # msgspec writes a non-finite Decimal as the bare word NaN or Infinity, which is not
+    # JSON; only then is the output parsed back to find out.
+    if (b"NaN" in data or b"Infinity" in data) and not _is_json(data):
+        raise SerializationError(
+            f"cannot serialise a {_type_name(type(value))} value: it holds a Decimal NaN or "
+            "Infinity, which JSON cannot carry; replace it with None or a string first"
+        )
+    return data
 
 
-def encode_lines(values: list[Any]) -> tuple[bytes, dict[int, BaseException]]:
-    """Each value as one line; values that cannot be serialised are left out and
-    returned by index, so a sink fails only those items."""
+def _is_json(data: bytes) -> bool:
+    try:
+        _CHECKER.decode(data)
+    except msgspec.DecodeError:
+        return False
+    return True
+
+
+def encode_lines(
+    values: list[Any], *, multiline: bool = False
+) -> tuple[bytes, dict[int, BaseException]]:
+    """Each value as one line, each line ending in ``\\n``; values that cannot be
+    serialised are left out and returned by index, so a sink fails only those items.
+
+    A str or bytes value that holds a line break would become more than one line; it
+    fails unless `multiline` is true (for sinks read by people, not parsed by lines).
+    """
     lines: list[bytes] = []
     failed: dict[int, BaseException] = {}
     for i, value in enumerate(values):
         try:
-            lines.append(to_bytes(value))
+            line = to_bytes(value)
         except SerializationError as exc:
             failed[i] = exc
+            continue
+        # JSON from msgspec never holds a raw line break; only str and bytes can.
+        if not multiline and (b"\n" in line or b"\r" in line):
+            failed[i] = SerializationError(
+                f"cannot write a {_type_name(type(value))} value holding a line break as one "
+                "line; replace the line breaks, or map the value to a dict so it is written "
+                "as JSON"
+            )
+            continue
+        lines.append(line)
     lines.append(b"")
     return b"\n".join(lines), failed

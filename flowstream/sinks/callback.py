@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, final
 
@@ -26,10 +27,17 @@ class CallbackSink(SimpleSink):
         return f"callback({callable_name(self._fn)})"
 
     async def send(self, batch: Batch) -> SendResult | None:
+        # A copy: a function that consumes its list (pop() as it goes) must not shrink the
+        # batch that is retried, or counted, after it raises.
+        values = list(batch.values)
         if self._is_async:
-            await self._fn(batch.values)
+            await self._fn(values)
         else:
-            self._fn(batch.values)
+            result = self._fn(values)
+            # A plain function may hand back an awaitable (a lambda around an async
+            # call, a partial): await it, or its work would never run.
+            if inspect.isawaitable(result):
+                await result
         return None
 
 

@@ -2,7 +2,9 @@
 
 A batch is acknowledged once its lines are written and flushed to the operating system
 (and with `fsync=True`, to the disk). Records are written in the stream's JSON shape,
-so a file of records replays with `sources.jsonl(path)`.
+so a file of records replays with `sources.jsonl(path)`. An element that cannot be
+one line (not serialisable, or text holding a line break) fails alone and is not retried;
+the rest of its batch is written.
 """
 
 from __future__ import annotations

@@ -13,7 +13,9 @@ __all__ = ["StdoutSink", "stdout"]
 
 @final
 class StdoutSink(SimpleSink):
-    """Writes each element as a line (JSON for structured values) and flushes per batch."""
+    """Writes each element as a line (JSON for structured values) and flushes per batch.
+    Text with line breaks is printed as it is; bytes that are not UTF-8 are printed
+    with backslash escapes rather than failing the batch."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self._stream = stream
@@ -22,9 +24,10 @@ class StdoutSink(SimpleSink):
         return "stdout"
 
     async def send(self, batch: Batch) -> SendResult | None:
-        data, failed = encode_lines(batch.values)
-        stream = self._stream or sys.stdout
-        stream.write(data.decode())
+        data, failed = encode_lines(batch.values, multiline=True)
+        # Looked up per batch, so a redirected or captured sys.stdout is honoured.
+        stream = sys.stdout if self._stream is None else self._stream
+        stream.write(data.decode(errors="backslashreplace"))
         stream.flush()
         return SendResult(failed, retryable=False) if failed else None
 

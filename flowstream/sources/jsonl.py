@@ -49,6 +49,8 @@ class JsonlSource(Source):
         start: StartSpec = "trim_horizon",
         page_size: int = 1000,
     ) -> None:
+        if page_size < 1:
+            raise SourceError(f"sources.jsonl(page_size={page_size}) must be at least 1")
         self.path = Path(path)
         self.start = parse_start(start)
         self.page_size = page_size
@@ -82,6 +84,11 @@ class JsonlSource(Source):
                     f"{self.path}:{number} is not a DynamoDB stream record: {exc}; each line "
                     "must be one record object (eventID, eventName, dynamodb, ...)"
                 ) from None
+            if not record.sequence_number.isdecimal() or not record.sequence_number.isascii():
+                raise RecordDecodeError(
+                    f"{self.path}:{number} has SequenceNumber {record.sequence_number!r}; "
+                    "DynamoDB sequence numbers are strings of decimal digits"
+                )
             if not record.shard_id:
                 msgspec.structs.force_setattr(record, "shard_id", DEFAULT_SHARD_ID)
             shards.setdefault(record.shard_id, []).append(record)
@@ -102,7 +109,13 @@ class _JsonlSession(StreamSession):
         return [Shard(shard_id, None, closed=True) for shard_id in self._shards]
 
     def reader(self, shard: Shard, start: Position) -> ShardReader:
-        records = self._shards[shard.shard_id]
+        try:
+            records = self._shards[shard.shard_id]
+        except KeyError:
+            raise SourceError(
+                f"{self.stream_id} has no shard {shard.shard_id!r}; read one that "
+                "list_shards() returns"
+            ) from None
         if start.kind is PositionKind.LATEST:
             records = []
         elif start.sequence_number is not None:

@@ -148,6 +148,11 @@ class MemoryStream(Source):
 
     def split(self, shard_id: str) -> tuple[str, str]:
         """Close `shard_id` and open two children of it; returns their ids."""
+        if self._shard(shard_id).closed:
+            raise SourceError(
+                f"shard {shard_id!r} is closed and cannot split again; split one of its "
+                "children or another open shard"
+            )
         self.close(shard_id)
         return self.add_shard(parent=shard_id), self.add_shard(parent=shard_id)
 
@@ -215,9 +220,15 @@ class _MemorySession(StreamSession):
 
     async def wait_for_shards(self, max_wait: float) -> None:
         event = anyio.Event()
-        self._stream._topology_waiters.append(event)
-        with anyio.move_on_after(max_wait):
-            await event.wait()
+        waiters = self._stream._topology_waiters
+        waiters.append(event)
+        try:
+            with anyio.move_on_after(max_wait):
+                await event.wait()
+        finally:
+            # A long run with no topology change would otherwise pile up one event per wait.
+            if event in waiters:
+                waiters.remove(event)
 
 
 class _MemoryReader(ShardReader):
