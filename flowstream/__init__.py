@@ -11,6 +11,7 @@ from flowstream.errors import RecordDecodeError as RecordDecodeError
 from flowstream.errors import ShardStoppedError as ShardStoppedError
 from flowstream.errors import SinkError as SinkError
 from flowstream.errors import SourceError as SourceError
+from flowstream.errors import StreamNotFoundError as StreamNotFoundError
 from flowstream.errors import TrimmedDataError as TrimmedDataError
 from flowstream.pipeline import Pipeline as Pipeline
 from flowstream.pipeline import When as When
@@ -42,6 +43,7 @@ __all__ = [
     "SinkError",
     "SinkReport",
     "SourceError",
+    "StreamNotFoundError",
     "StreamViewType",
     "TrimmedDataError",
     "When",

@@ -6,7 +6,8 @@ FlowstreamError
  ├── AttributeValueError    DynamoDB JSON that does not map to Python, or back
  ├── RecordDecodeError      a stream record or page body that is not what DynamoDB sends
  ├── SourceError            a source that cannot be read
- │    └── TrimmedDataError  records expired from the stream before they were read
+ │    ├── TrimmedDataError  records expired from the stream before they were read
+ │    └── StreamNotFoundError  the stream was deleted or disabled
  ├── SinkError              a sink that cannot deliver
  ├── CheckpointError        a checkpoint store that cannot load or save
  └── ShardStoppedError      a drained run in which one or more shards stopped at a failure
@@ -31,6 +32,7 @@ __all__ = [
     "ShardStoppedError",
     "SinkError",
     "SourceError",
+    "StreamNotFoundError",
     "TrimmedDataError",
 ]
 
@@ -67,6 +69,11 @@ class SourceError(FlowstreamError):
 class TrimmedDataError(SourceError):
     """Records were trimmed from the stream (older than its 24 h retention) before they
     were read: they are lost, and the user must know."""
+
+
+class StreamNotFoundError(SourceError):
+    """The stream is gone (deleted, or its table's stream was disabled): the whole
+    pipeline stops with this error, since no shard of it can be read any more."""
 
 
 class SinkError(FlowstreamError):

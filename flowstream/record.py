@@ -44,11 +44,36 @@ class StreamViewType(enum.StrEnum):
     NEW_AND_OLD_IMAGES = "NEW_AND_OLD_IMAGES"
 
 
-class UserIdentity(msgspec.Struct, frozen=True, gc=False, rename="camel"):
-    """Who made the change; set by DynamoDB itself for TTL deletes."""
+class UserIdentity(
+    msgspec.Struct,
+    frozen=True,
+    gc=False,
+    omit_defaults=True,
+    rename={
+        "lambda_type": "type",
+        "lambda_principal_id": "principalId",
+        "wire_type": "Type",
+        "wire_principal_id": "PrincipalId",
+    },
+):
+    """Who made the change; set by DynamoDB itself for TTL deletes.
 
-    type: str = ""
-    principal_id: str = ""
+    GetRecords spells the keys ``Type``/``PrincipalId``, Lambda events ``type``/
+    ``principalId``; both are read, and written back as they came.
+    """
+
+    lambda_type: str = ""
+    lambda_principal_id: str = ""
+    wire_type: str = ""
+    wire_principal_id: str = ""
+
+    @property
+    def type(self) -> str:
+        return self.wire_type or self.lambda_type
+
+    @property
+    def principal_id(self) -> str:
+        return self.wire_principal_id or self.lambda_principal_id
 
 
 class StreamData(msgspec.Struct, frozen=True, gc=False, omit_defaults=True, rename="pascal"):

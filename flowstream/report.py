@@ -37,6 +37,7 @@ class ShardReport(msgspec.Struct):
     checkpoint: str | None = None
     stopped_at: str | None = None
     error: str | None = None
+    notes: list[str] = msgspec.field(default_factory=list)  # e.g. records skipped as trimmed
 
 
 class SinkReport(msgspec.Struct):

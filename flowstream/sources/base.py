@@ -79,11 +79,14 @@ def parse_start(start: StartSpec) -> Position:
 
 class Shard(msgspec.Struct, frozen=True):
     """A shard as the stream describes it. `closed` shards have an end: once read to it,
-    their children may be read."""
+    their children may be read. The sequence number range is known for DynamoDB shards
+    (the ending one only once closed)."""
 
     shard_id: str
     parent_shard_id: str | None = None
     closed: bool = False
+    starting_sequence_number: str | None = None
+    ending_sequence_number: str | None = None
 
 
 class Page(msgspec.Struct, gc=False):
@@ -91,11 +94,13 @@ class Page(msgspec.Struct, gc=False):
 
     `caught_up`: nothing more was there to read when this page was taken.
     `ended`: the shard is closed and read to its end; no read follows.
+    `note`: something the run report should tell (e.g. records skipped as trimmed).
     """
 
     records: list[Record]
     caught_up: bool = False
     ended: bool = False
+    note: str | None = None
 
 
 class ShardReader(ABC):
@@ -124,6 +129,11 @@ class StreamSession(ABC):
     @abstractmethod
     async def list_shards(self) -> Sequence[Shard]:
         """Every shard of the stream that still holds records, parents included."""
+
+    async def children_of(self, shard_id: str) -> Sequence[Shard] | None:
+        """The children of a shard that just ended, looked up cheaply; None when the
+        source has no cheaper way than `list_shards()`."""
+        return None
 
     @abstractmethod
     def reader(self, shard: Shard, start: Position) -> ShardReader:

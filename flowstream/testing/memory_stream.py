@@ -17,7 +17,7 @@ import anyio
 import msgspec
 
 from flowstream import attrvalue
-from flowstream.errors import SourceError
+from flowstream.errors import SourceError, TrimmedDataError
 from flowstream.record import EventName, Record, StreamViewType, decode_records
 from flowstream.sources.base import (
     Page,
@@ -39,15 +39,69 @@ _ENCODER: Final = msgspec.json.Encoder()
 
 
 class _ShardData:
-    __slots__ = ("closed", "parent", "records", "sequences", "shard_id", "waiters")
+    __slots__ = (
+        "closed",
+        "parent",
+        "records",
+        "removed",
+        "sequences",
+        "shard_id",
+        "starting_sequence",
+        "trimmed",
+        "waiters",
+    )
 
-    def __init__(self, shard_id: str, parent: str | None) -> None:
+    def __init__(self, shard_id: str, parent: str | None, *, starting_sequence: int = 0) -> None:
         self.shard_id = shard_id
         self.parent = parent
         self.records: list[Record] = []
         self.sequences: list[int] = []
         self.closed = False
         self.waiters: list[anyio.Event] = []
+        # Records keep their index for good: the first `trimmed` of them are gone from
+        # the stream (expired), and a reader positioned before index `trimmed` has lost
+        # data. A removed shard (closed, everything expired) is no longer listed.
+        self.trimmed = 0
+        self.removed = False
+        # Where the shard's numbering begins (DescribeStream's StartingSequenceNumber):
+        # no later than its first record, even for a shard that has none yet.
+        self.starting_sequence = starting_sequence
+
+    def ending_sequence(self) -> str | None:
+        """DescribeStream's EndingSequenceNumber: set once the shard is closed."""
+        if not self.closed:
+            return None
+        return self.records[-1].sequence_number if self.records else str(self.starting_sequence)
+
+    def describe(self) -> Shard:
+        return Shard(
+            self.shard_id,
+            self.parent,
+            self.closed,
+            str(self.starting_sequence),
+            self.ending_sequence(),
+        )
+
+    def index_of(self, position: Position) -> int:
+        """The index of the first record a reader starting at `position` gets."""
+        if position.kind is PositionKind.TRIM_HORIZON:
+            return self.trimmed
+        if position.kind is PositionKind.LATEST:
+            return len(self.records)
+        assert position.sequence_number is not None
+        sequence = int(position.sequence_number)
+        find = bisect_left if position.kind is PositionKind.AT_SEQUENCE_NUMBER else bisect_right
+        return find(self.sequences, sequence)
+
+    def check_not_trimmed(self, index: int) -> None:
+        """Raise `TrimmedDataError` when a reader at `index` has lost records."""
+        if index < self.trimmed:
+            raise TrimmedDataError(
+                f"records of shard {self.shard_id!r} up to sequence number "
+                f"{self.sequences[self.trimmed - 1]} were trimmed from the stream before "
+                "they were read; they are lost. Read the shard again from its trim horizon "
+                "(start='trim_horizon') to go on with what is left"
+            )
 
     def notify(self) -> None:
         waiters, self.waiters = self.waiters, []
@@ -56,8 +110,9 @@ class _ShardData:
 
 
 class MemoryStream(Source):
-    """A live in-memory stream: `add_shard`, `put`, `split`, `close`; pass it as a
-    pipeline's source. Use it from the event loop's thread (or before the loop runs).
+    """A live in-memory stream: `add_shard`, `put`, `split`, `close` (and `rollover`,
+    `trim`, `remove_shard` for the stream's life cycle); pass it as a pipeline's source.
+    Use it from the event loop's thread (or before the loop runs).
 
     `page_size` caps records per read, as GetRecords' `Limit` does (1,000 at most).
     """
@@ -97,7 +152,9 @@ class MemoryStream(Source):
             shard_id = f"shardId-{1_700_000_000_000 + n:020d}-{(n * 2654435761) % 2**32:08x}"
         if shard_id in self._shards:
             raise SourceError(f"MemoryStream already has a shard {shard_id!r}; pick another id")
-        self._shards[shard_id] = _ShardData(shard_id, parent)
+        self._shards[shard_id] = _ShardData(
+            shard_id, parent, starting_sequence=self._peek_sequence()
+        )
         self._topology_changed()
         return shard_id
 
@@ -164,17 +221,56 @@ class MemoryStream(Source):
             shard.notify()
             self._topology_changed()
 
+    def rollover(self) -> dict[str, str]:
+        """Close every open shard and give each exactly one child, as DynamoDB's
+        ~4-hourly rollover does; returns ``{old_shard_id: new_shard_id}``."""
+        open_ids = [s.shard_id for s in self._shards.values() if not s.closed]
+        children: dict[str, str] = {}
+        for shard_id in open_ids:
+            self.close(shard_id)
+            children[shard_id] = self.add_shard(parent=shard_id)
+        return children
+
+    def trim(self, shard_id: str, count: int) -> None:
+        """Expire the first `count` records of a shard (counted from its first record
+        ever, so calling again with a larger count trims more), as the stream's 24-hour
+        retention does. Readers positioned before them raise `TrimmedDataError`."""
+        shard = self._shard(shard_id)
+        if not 0 <= count <= len(shard.records):
+            raise SourceError(
+                f"cannot trim {count} records of shard {shard_id!r}: it holds "
+                f"{len(shard.records)}; pass a count from 0 to {len(shard.records)}"
+            )
+        shard.trimmed = max(shard.trimmed, count)
+
+    def remove_shard(self, shard_id: str) -> None:
+        """A closed shard whose records have all expired: every record is trimmed and the
+        shard is no longer listed (its children still name it as their parent)."""
+        shard = self._shard(shard_id)
+        if not shard.closed:
+            raise SourceError(
+                f"shard {shard_id!r} is open; only closed shards expire from the stream. "
+                "close() or split() it first"
+            )
+        if not shard.removed:
+            shard.trimmed = len(shard.records)
+            shard.removed = True
+            self._topology_changed()
+
     # -- reading (helpers for tests) ----------------------------------------------------
 
     @property
     def shard_ids(self) -> list[str]:
-        return list(self._shards)
+        """The listed shards (removed ones are not), in creation order."""
+        return [s.shard_id for s in self._listed_shards()]
 
     def records(self, shard_id: str | None = None) -> list[Record]:
-        """Every record of one shard, or of all shards in shard order."""
+        """Every record still in one shard, or in all shards in shard order (trimmed
+        records are gone)."""
         if shard_id is not None:
-            return list(self._shard(shard_id).records)
-        return [r for shard in self._shards.values() for r in shard.records]
+            shard = self._shard(shard_id)
+            return shard.records[shard.trimmed :]
+        return [r for shard in self._shards.values() for r in shard.records[shard.trimmed :]]
 
     def parent_of(self, shard_id: str) -> str | None:
         return self._shard(shard_id).parent
@@ -199,6 +295,15 @@ class MemoryStream(Source):
                 f"MemoryStream has no shard {shard_id!r}; add it with add_shard() first"
             ) from None
 
+    def _listed_shards(self) -> list[_ShardData]:
+        return [s for s in self._shards.values() if not s.removed]
+
+    def _peek_sequence(self) -> int:
+        """The sequence number the next record will get, without using it up."""
+        value = next(self._sequence)
+        self._sequence = itertools.count(value)
+        return value
+
     def _topology_changed(self) -> None:
         waiters, self._topology_waiters = self._topology_waiters, []
         for event in waiters:
@@ -213,7 +318,7 @@ class _MemorySession(StreamSession):
         self.stream_id = stream.stream_arn
 
     async def list_shards(self) -> Sequence[Shard]:
-        return [Shard(s.shard_id, s.parent, s.closed) for s in self._stream._shards.values()]
+        return [s.describe() for s in self._stream._listed_shards()]
 
     def reader(self, shard: Shard, start: Position) -> ShardReader:
         return _MemoryReader(self._stream._shard(shard.shard_id), start, self._stream.page_size)
@@ -236,22 +341,20 @@ class _MemoryReader(ShardReader):
         self._shard = shard
         self._page_size = page_size
         self._waited = False
-        if start.kind is PositionKind.TRIM_HORIZON:
-            self._next = 0
-        elif start.kind is PositionKind.LATEST:
-            self._next = len(shard.records)
-        else:
-            assert start.sequence_number is not None
-            sequence = int(start.sequence_number)
-            find = bisect_left if start.kind is PositionKind.AT_SEQUENCE_NUMBER else bisect_right
-            self._next = find(shard.sequences, sequence)
+        self._next = shard.index_of(start)
 
     async def read(self) -> Page:
         shard = self._shard
         if self._next >= len(shard.records) and not shard.closed and self._waited:
             event = anyio.Event()
             shard.waiters.append(event)
-            await event.wait()
+            try:
+                await event.wait()
+            finally:
+                # A reader cancelled while waiting (a stopped run) leaves no event behind.
+                if event in shard.waiters:
+                    shard.waiters.remove(event)
+        shard.check_not_trimmed(self._next)
         records = shard.records[self._next : self._next + self._page_size]
         self._next += len(records)
         caught_up = self._next >= len(shard.records)

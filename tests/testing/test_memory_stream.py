@@ -185,11 +185,18 @@ class TestSplitAndClose:
         assert SHARD_ID_RE.fullmatch(right)
         assert stream.parent_of(left) == stream.parent_of(right) == parent
         async with stream.open() as session:
-            assert await session.list_shards() == [
-                Shard(parent, None, closed=True),
-                Shard(left, parent, closed=False),
-                Shard(right, parent, closed=False),
-            ]
+            listed = await session.list_shards()
+        assert [(s.shard_id, s.parent_shard_id, s.closed) for s in listed] == [
+            (parent, None, True),
+            (left, parent, False),
+            (right, parent, False),
+        ]
+        # sequence number ranges as DescribeStream gives them: an end only once closed
+        assert listed[0].ending_sequence_number == listed[0].starting_sequence_number
+        assert listed[1].ending_sequence_number is None
+        assert int(listed[1].starting_sequence_number or 0) >= int(
+            listed[0].starting_sequence_number or 0
+        )
         with pytest.raises(SourceError, match=r"is closed"):
             stream.put(parent, "INSERT", {"pk": "a"})
         assert stream.put(left, "INSERT", {"pk": "a"}).shard_id == left
@@ -221,7 +228,8 @@ class TestSession:
             assert stream.stream_arn.startswith("arn:aws:dynamodb:us-east-1:")
             assert ":table/Users/stream/" in stream.stream_arn
             assert session.finite is False
-            assert await session.list_shards() == [Shard(shard, None, closed=False)]
+            (listed,) = await session.list_shards()
+            assert (listed.shard_id, listed.parent_shard_id, listed.closed) == (shard, None, False)
 
     async def test_pages_of_page_size(self) -> None:
         stream = MemoryStream(page_size=2)

@@ -1,0 +1,191 @@
+"""Shared AWS plumbing for sources, sinks and checkpoint stores: clients configured the
+way flowstream needs them, and the one place where botocore's errors are classified
+(retry, or stop with an error that names the fix).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Final
+
+from aiobotocore.config import AioConfig
+from aiobotocore.session import AioSession, get_session
+from botocore import exceptions as botocore_errors
+
+from flowstream.errors import FlowstreamError
+
+__all__ = [
+    "Backoff",
+    "configuration_error",
+    "create_client",
+    "error_code",
+    "error_message",
+    "is_retryable",
+]
+
+#: Error codes that say "try again later" across the services flowstream calls.
+RETRYABLE_CODES: Final = frozenset(
+    {
+        "LimitExceededException",
+        "ProvisionedThroughputExceededException",
+        "RequestLimitExceeded",
+        "ThrottlingException",
+        "Throttling",
+        "ThrottledException",
+        "TooManyRequestsException",
+        "InternalServerError",
+        "InternalFailure",
+        "InternalError",
+        "ServiceUnavailable",
+        "ServiceUnavailableException",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "TransactionInProgressException",
+    }
+)
+
+_TRANSIENT: Final = (
+    botocore_errors.EndpointConnectionError,
+    botocore_errors.ConnectionClosedError,
+    botocore_errors.ConnectTimeoutError,
+    botocore_errors.ReadTimeoutError,
+    botocore_errors.HTTPClientError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+def error_code(exc: BaseException) -> str | None:
+    """The service's error code of a botocore `ClientError`, else None."""
+    if isinstance(exc, botocore_errors.ClientError):
+        code = exc.response.get("Error", {}).get("Code")
+        return str(code) if code else None
+    return None
+
+
+def error_message(exc: BaseException) -> str:
+    """The service's own message of a `ClientError`, else the exception text."""
+    if isinstance(exc, botocore_errors.ClientError):
+        message = exc.response.get("Error", {}).get("Message")
+        if message:
+            return str(message)
+    return str(exc)
+
+
+def _status(exc: BaseException) -> int:
+    if isinstance(exc, botocore_errors.ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return int(status) if status else 0
+    return 0
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """True for throttling, server errors and broken connections: worth another try."""
+    if isinstance(exc, _TRANSIENT):
+        return True
+    code = error_code(exc)
+    return code in RETRYABLE_CODES or _status(exc) >= 500
+
+
+def configuration_error(
+    exc: BaseException,
+    error_type: type[FlowstreamError],
+    *,
+    what: str,
+    endpoint_url: str | None,
+) -> FlowstreamError | None:
+    """A clear error for a setup problem that retrying cannot fix, else None.
+
+    `what` names the thing being reached (e.g. "DynamoDB Streams"); `endpoint_url` the
+    endpoint the client used, if one was set.
+    """
+    where = f" at {endpoint_url}" if endpoint_url else ""
+    if isinstance(
+        exc, botocore_errors.NoCredentialsError | botocore_errors.PartialCredentialsError
+    ):
+        return error_type(
+            f"no usable AWS credentials for {what}{where} ({exc}); set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or pass session= an aiobotocore session "
+            "that has credentials"
+        )
+    if isinstance(exc, botocore_errors.NoRegionError):
+        return error_type(
+            f"no AWS region for {what}; set AWS_DEFAULT_REGION (or AWS_REGION), or pass region="
+        )
+    if isinstance(
+        exc, botocore_errors.EndpointConnectionError | botocore_errors.ConnectTimeoutError
+    ):
+        return error_type(
+            f"cannot reach {what}{where or ' (the endpoint botocore resolved)'}: {exc}; check "
+            "endpoint_url= or AWS_ENDPOINT_URL / the service's AWS_ENDPOINT_URL_* variable, and "
+            "that the endpoint is up"
+        )
+    if isinstance(exc, botocore_errors.ParamValidationError):
+        return error_type(f"{what} rejected a request before sending it: {exc}")
+    code = error_code(exc)
+    if code in {
+        "UnrecognizedClientException",
+        "InvalidSignatureException",
+        "InvalidClientTokenId",
+        "SignatureDoesNotMatch",
+        "ExpiredTokenException",
+        "AccessDeniedException",
+        "AccessDenied",
+    }:
+        return error_type(
+            f"{what}{where} refused the credentials ({code}: {error_message(exc)}); check the "
+            "credentials and the permissions of the role or user"
+        )
+    return None
+
+
+def client_config(max_connections: int) -> AioConfig:
+    """No hidden botocore retries (flowstream retries with its own backoff, so stops are
+    prompt and retries are visible); a connection pool sized for the shards."""
+    return AioConfig(
+        retries={"mode": "standard", "total_max_attempts": 1},
+        max_pool_connections=max_connections,
+        connect_timeout=5,
+        read_timeout=30,
+    )
+
+
+@asynccontextmanager
+async def create_client(
+    service: str,
+    *,
+    session: AioSession | None,
+    region: str | None,
+    endpoint_url: str | None,
+    max_connections: int = 10,
+) -> AsyncIterator[Any]:
+    """An aiobotocore client for `service`, closed on exit. Credentials, profiles and
+    endpoint variables resolve through botocore's standard chain."""
+    session = session or get_session()
+    async with session.create_client(
+        service,
+        region_name=region,
+        endpoint_url=endpoint_url,
+        config=client_config(max_connections),
+    ) as client:
+        yield client
+
+
+class Backoff:
+    """Exponential backoff with full jitter: attempt n waits uniform(0, min(cap, base·2ⁿ⁻¹))."""
+
+    __slots__ = ("attempt", "base", "cap")
+
+    def __init__(self, base: float = 0.05, cap: float = 5.0) -> None:
+        self.base = base
+        self.cap = cap
+        self.attempt = 0
+
+    def next_delay(self) -> float:
+        self.attempt += 1
+        return random.uniform(0.0, min(self.cap, self.base * 2 ** (self.attempt - 1)))
+
+    def reset(self) -> None:
+        self.attempt = 0
