@@ -17,11 +17,11 @@ from datetime import UTC, datetime
 import anyio
 from anyio.abc import TaskGroup
 
-from flowstream.checkpoints.base import CheckpointStore
+from flowstream.checkpoints.base import SHARD_END, CheckpointStore
 from flowstream.checkpoints.memory import MemoryCheckpoints
 from flowstream.errors import ShardStoppedError
 from flowstream.plan import Plan
-from flowstream.report import RunReport, SinkReport
+from flowstream.report import RunReport, ShardState, SinkReport
 from flowstream.runtime.checkpointer import Checkpointer
 from flowstream.runtime.groups import first_error
 from flowstream.runtime.runner import RetryPolicy
@@ -67,6 +67,15 @@ async def run_pipeline(
             with anyio.CancelScope(shield=True):
                 engine.stop("cancelled")
                 await engine.finished.wait()
+            if engine.error is not None:
+                # the cancellation goes on; do not let the error vanish with it
+                logger.error(
+                    "pipeline %r failed while stopping: %s: %s",
+                    name,
+                    type(engine.error).__name__,
+                    engine.error,
+                    exc_info=engine.error,
+                )
             raise
     if engine.error is not None:
         raise engine.error
@@ -104,6 +113,9 @@ class _Engine:
         self._scheduler: Scheduler | None = None
         self._tg: TaskGroup | None = None
         self._stop_reason: str | None = None
+        # Opening the source, store and sinks: nothing is in flight yet, so a stop
+        # cancels it at once (a source that cannot connect must not make a stop hang).
+        self._setup = anyio.CancelScope()
 
     def stop(self, reason: str) -> None:
         """Stop gracefully: no more polling, in-flight batches get the grace period."""
@@ -112,6 +124,7 @@ class _Engine:
         self._stop_reason = reason
         self.report.stop_reason = reason
         logger.info("pipeline %r stopping (%s)", self.report.pipeline, reason)
+        self._setup.cancel()
         if self._scheduler is not None:
             self._scheduler.stop()
         if self._tg is not None:
@@ -131,7 +144,17 @@ class _Engine:
     async def main(self) -> None:
         try:
             with anyio.CancelScope(shield=True):
-                await self._main()
+                # The stop watchers run from the start: a stop asked for while the source,
+                # store or sinks are still opening must not wait for them.
+                async with anyio.create_task_group() as watchers:
+                    if self.handle_signals:
+                        watchers.start_soon(self._watch_signals)
+                    if self.stop_event is not None:
+                        watchers.start_soon(self._watch_stop_event, self.stop_event)
+                    try:
+                        await self._main()
+                    finally:
+                        watchers.cancel_scope.cancel()
         except BaseException as exc:
             self.error = first_error(exc)
         finally:
@@ -142,18 +165,21 @@ class _Engine:
         report = self.report
         report.started = datetime.now(UTC)
         async with AsyncExitStack() as stack:
-            session = await stack.enter_async_context(self.source.open())
-            report.stream = session.stream_id
-            store = await stack.enter_async_context(
-                self.store.open(report.pipeline, session.stream_id)
-            )
-            writers = [await stack.enter_async_context(s.open()) for s in self.plan.sinks]
-            sink_reports = []
-            for sink in self.plan.sinks:
-                stats = SinkReport(_unique(sink.name, report))
-                report.sinks[stats.name] = stats
-                sink_reports.append(stats)
-            positions = await store.load()
+            with self._setup:
+                session = await stack.enter_async_context(self.source.open())
+                report.stream = session.stream_id
+                store = await stack.enter_async_context(
+                    self.store.open(report.pipeline, session.stream_id)
+                )
+                writers = [await stack.enter_async_context(s.open()) for s in self.plan.sinks]
+                sink_reports = []
+                for sink in self.plan.sinks:
+                    stats = SinkReport(_unique(sink.name, report))
+                    report.sinks[stats.name] = stats
+                    sink_reports.append(stats)
+                positions = await store.load()
+            if self._setup.cancelled_caught:
+                return  # stopped before anything was read: nothing to finish or write
             checkpointer = Checkpointer(store, self.store.flush_interval, report)
             scheduler = Scheduler(
                 session,
@@ -171,10 +197,6 @@ class _Engine:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 tg.start_soon(checkpointer.run)
-                if self.handle_signals:
-                    tg.start_soon(self._watch_signals)
-                if self.stop_event is not None:
-                    tg.start_soon(self._watch_stop_event, self.stop_event)
                 if self._stop_reason is not None:
                     scheduler.stop()
                     tg.start_soon(self._grace_timer)
@@ -183,8 +205,17 @@ class _Engine:
                 finally:
                     self._tg = None
                     tg.cancel_scope.cancel()
-                    with anyio.move_on_after(_FINAL_FLUSH_TIMEOUT, shield=True):
+                    with anyio.move_on_after(_FINAL_FLUSH_TIMEOUT, shield=True) as final:
                         await checkpointer.flush()
+                    if final.cancelled_caught:
+                        logger.error(
+                            "pipeline %r: the checkpoint store did not save the last positions "
+                            "within %.0fs; the records after its last saved positions will be "
+                            "read again",
+                            report.pipeline,
+                            _FINAL_FLUSH_TIMEOUT,
+                        )
+                    _settle_states(report)
             if not report.stop_reason:
                 report.stop_reason = "drained" if self.drain else "finished"
 
@@ -199,6 +230,17 @@ class _Engine:
                     self.stop(signal.Signals(signum).name)
                 elif self._scheduler is not None:
                     self._scheduler.abandon()  # a second signal: stop now
+
+
+def _settle_states(report: RunReport) -> None:
+    """Shards whose runners were abandoned (cancelled at the end of the grace period, or
+    torn down by a fatal error) are still marked running: say what they are now."""
+    for shard in report.shards.values():
+        if shard.state is ShardState.RUNNING or shard.state is ShardState.INTERRUPTED:
+            if shard.checkpoint == SHARD_END:
+                shard.state = ShardState.ENDED  # its end was written after all
+            else:
+                shard.state = ShardState.INTERRUPTED
 
 
 def _unique(name: str, report: RunReport) -> str:

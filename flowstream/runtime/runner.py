@@ -17,11 +17,12 @@ from typing import Any
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from flowstream.errors import SinkError
 from flowstream.plan import Plan, Processed, StepFailure
 from flowstream.record import Record
 from flowstream.report import ShardReport, ShardState, SinkReport
 from flowstream.runtime.checkpointer import Checkpointer
-from flowstream.sinks.base import Batch, SinkWriter
+from flowstream.sinks.base import Batch, SendResult, SinkWriter
 from flowstream.sources.base import Shard, ShardReader
 
 __all__ = ["RetryPolicy", "ShardRunner"]
@@ -63,6 +64,8 @@ class _SinkFailure:
     record_index: int
     step: str
     error: BaseException
+    #: a stop came while waiting to retry: the record is not failed, just not done
+    interrupted: bool = False
 
 
 @dataclass
@@ -81,12 +84,15 @@ class ShardRunner:
     policy: RetryPolicy
     _polling: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     _stopping: bool = False
+    _stop_requested: anyio.Event = field(default_factory=anyio.Event)
 
     def stop(self) -> None:
         """Stop polling; the page being delivered finishes, later ones are left for the
-        next run."""
+        next run. A sink waiting to retry gives up at once: what it has not acknowledged
+        is read again by the next run."""
         self._stopping = True
         self._polling.cancel()
+        self._stop_requested.set()
 
     async def run(self) -> ShardState:
         send, receive = anyio.create_memory_object_stream[_Work](1)
@@ -106,6 +112,8 @@ class ShardRunner:
             while True:
                 page = await self.reader.read()
                 self.report.read += len(page.records)
+                if page.note:
+                    self.report.notes.append(page.note)
                 records = page.records
                 attempt = 0
                 while True:
@@ -118,6 +126,8 @@ class ShardRunner:
                         break
                     # Deliver what came before the failing record, then retry from it.
                     await send.send(_Work(records, processed, failure.record_index))
+                    if failure.record_index > 0:
+                        attempt = 0  # a new failing record: it gets its own retries
                     records = records[failure.record_index :]
                     if attempt >= self.policy.retries:
                         await send.send(_Work(records, _EMPTY, 0, stop=failure))
@@ -152,6 +162,11 @@ class ShardRunner:
                 filtered, dropped = work.processed.counts_before(failure.record_index)
                 self.report.filtered += filtered
                 self.report.dropped += dropped
+                if failure.interrupted:
+                    if failure.record_index:
+                        done = work.records[failure.record_index - 1].sequence_number
+                        self.checkpointer.advance(self.shard.shard_id, done)
+                    return ShardState.INTERRUPTED
                 return self._stopped(
                     work.records, failure.record_index, failure.step, failure.error, 0
                 )
@@ -196,13 +211,19 @@ class ShardRunner:
         jobs = [(i, out) for i, out in enumerate(work.processed.outputs) if out[0]]
         if not jobs:
             return None
+        records = work.records
         if len(jobs) == 1:
             i, (values, origins) = jobs[0]
-            return await self._send(i, values, origins, work.records)
+            return await self._send(i, values, origins, [records[o] for o in origins])
         failures: list[_SinkFailure] = []
+        # Sinks of a fan-out share one origins list: look their records up once a page.
+        looked_up: dict[int, list[Record]] = {}
 
         async def send_one(i: int, values: list[Any], origins: list[int]) -> None:
-            failure = await self._send(i, values, origins, work.records)
+            of = looked_up.get(id(origins))
+            if of is None:
+                of = looked_up[id(origins)] = [records[o] for o in origins]
+            failure = await self._send(i, values, origins, of)
             if failure is not None:
                 failures.append(failure)
 
@@ -214,9 +235,10 @@ class ShardRunner:
     async def _send(
         self, i: int, values: list[Any], origins: list[int], records: list[Record]
     ) -> _SinkFailure | None:
-        """Deliver to sink `i`, retrying only the items that failed."""
+        """Deliver to sink `i` (`records[k]` is where `values[k]` came from), retrying
+        only the items that failed."""
         writer, stats = self.writers[i], self.sink_reports[i]
-        batch = Batch(self.shard.shard_id, values, [records[o] for o in origins])
+        batch = Batch(self.shard.shard_id, values, records)
         attempt = 0
         while True:
             stats.batches += 1
@@ -226,8 +248,7 @@ class ShardRunner:
             except Exception as exc:
                 failed: dict[int, BaseException] = dict.fromkeys(range(len(batch)), exc)
             else:
-                failed = dict(result.failed) if result is not None else {}
-                retryable = result.retryable if result is not None else True
+                failed, retryable = _outcome(result, len(batch), stats.name)
             delivered = len(batch) - len(failed)
             stats.delivered += delivered
             self.report.delivered += delivered
@@ -254,7 +275,37 @@ class ShardRunner:
             keep = sorted(failed)
             batch = batch.subset(keep)
             origins = [origins[k] for k in keep]
-            await anyio.sleep(self.policy.delay(attempt))
+            with anyio.move_on_after(self.policy.delay(attempt)):
+                await self._stop_requested.wait()
+            if self._stop_requested.is_set():
+                return _SinkFailure(origins[0], f"sink {stats.name}", failed[first], True)
+
+
+def _outcome(result: object, size: int, sink: str) -> tuple[dict[int, BaseException], bool]:
+    """What a `send()` of `size` items returned, as (failed items, retryable).
+
+    A result that breaks the protocol is a sink bug: it cannot be trusted to say which
+    items were delivered, so none is taken as delivered, and retrying does not help."""
+    if result is None:
+        return {}, True
+    if isinstance(result, SendResult):
+        try:
+            failed = dict(result.failed)
+        except (TypeError, ValueError):
+            failed = {}
+            problem = f"returned SendResult.failed={result.failed!r}, which is not a mapping"
+        else:
+            bad = [k for k in failed if type(k) is not int or not 0 <= k < size]
+            if not bad:
+                return failed, result.retryable
+            problem = f"reported item {bad[0]!r} as failed in a batch of {size} item(s)"
+        problem += f"; SendResult.failed must map indices from 0 to {size - 1} to errors"
+    else:
+        problem = (
+            f"returned {type(result).__name__} from send(); return None when every item "
+            "was delivered, or a SendResult naming the items that failed"
+        )
+    return dict.fromkeys(range(size), SinkError(f"sink {sink} {problem}")), False
 
 
 _EMPTY = Processed([])

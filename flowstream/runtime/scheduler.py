@@ -16,7 +16,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from flowstream.checkpoints.base import SHARD_END
-from flowstream.errors import CheckpointError
+from flowstream.errors import CheckpointError, StreamNotFoundError
 from flowstream.plan import Plan
 from flowstream.report import RunReport, ShardReport, ShardState, SinkReport
 from flowstream.runtime.checkpointer import Checkpointer
@@ -72,8 +72,10 @@ class Scheduler:
         self._runners: dict[str, ShardRunner] = {}
         self._changed = anyio.Event()
         self._relist = True
+        self._ended: list[str] = []
         self._stopping = False
         self._hard = anyio.CancelScope()
+        self._discovery: anyio.CancelScope | None = None
 
     # -- control --------------------------------------------------------------------------
 
@@ -82,6 +84,8 @@ class Scheduler:
         self._stopping = True
         for runner in self._runners.values():
             runner.stop()
+        if self._discovery is not None:
+            self._discovery.cancel()  # a slow listing must not hold the stop up
         self._changed.set()
 
     def abandon(self) -> None:
@@ -95,24 +99,29 @@ class Scheduler:
         with self._hard:
             async with anyio.create_task_group() as tg:
                 while not self._stopping:
-                    if self._relist:
-                        self._relist = False
-                        shards = await self._session.list_shards()
-                        self._update(shards, first)
-                        first = False
+                    with anyio.CancelScope() as self._discovery:
+                        if self._ended and not self._relist:
+                            await self._look_up_children()
+                        if self._relist:
+                            self._relist = False
+                            self._ended.clear()
+                            shards = await self._session.list_shards()
+                            self._update(shards, first)
+                            first = False
+                    self._discovery = None
+                    if self._stopping:
+                        break
                     self._start_ready(tg)
                     if not self._runners and self._is_finished():
                         break
                     await self._wait()
 
     def _is_finished(self) -> bool:
-        if self._drain:
-            return not self._relist
-        if self._session.finite:
-            return all(
-                self._report.shards[s].state not in (ShardState.PENDING, ShardState.RUNNING)
-                for s in self._known
-            )
+        # Called with no runner left: only a discovery still to make can start another
+        # shard. Draining, or with a finite source, the run is done without one; shards
+        # still pending then wait for a parent that stopped and never become readable.
+        if self._drain or self._session.finite:
+            return not self._relist and not self._ended
         return False
 
     async def _wait(self) -> None:
@@ -140,6 +149,17 @@ class Scheduler:
 
     # -- shards ---------------------------------------------------------------------------
 
+    async def _look_up_children(self) -> None:
+        """Find the children of shards that just ended, the cheap way if the source has
+        one (DescribeStream with a CHILD_SHARDS filter), else by listing every shard."""
+        ended, self._ended = self._ended, []
+        for shard_id in ended:
+            children = await self._session.children_of(shard_id)
+            if children is None:
+                self._relist = True
+                return
+            self._update(children, first=False)
+
     def _update(self, shards: Sequence[Shard], first: bool) -> None:
         for shard in shards:
             if shard.shard_id in self._known:
@@ -153,14 +173,11 @@ class Scheduler:
             stats.checkpoint = saved
             if saved == SHARD_END:
                 stats.state = ShardState.SKIPPED
-            elif (
-                saved is None and first and self._start.kind is PositionKind.LATEST and shard.closed
-            ):
-                # Starting at LATEST: a closed shard has nothing new to offer.
-                stats.state = ShardState.SKIPPED
-                self._start_positions[shard.shard_id] = None
             elif saved is None and first:
-                self._start_positions[shard.shard_id] = self._start
+                start = _initial_position(shard, self._start)
+                self._start_positions[shard.shard_id] = start
+                if start is None:
+                    stats.state = ShardState.SKIPPED
 
     def _ready(self, shard: Shard) -> bool:
         stats = self._report.shards[shard.shard_id]
@@ -195,10 +212,20 @@ class Scheduler:
 
     def _launch(self, tg: TaskGroup, shard: Shard) -> None:
         stats = self._report.shards[shard.shard_id]
+        try:
+            reader = self._session.reader(shard, self._position(shard))
+        except Exception as exc:
+            if isinstance(exc, CheckpointError | StreamNotFoundError):
+                raise
+            # A shard that cannot be read stops alone, like one whose reads fail.
+            stats.state = ShardState.STOPPED
+            stats.error = f"{type(exc).__name__}: {exc}"
+            logger.error("shard %s failed: %s", shard.shard_id, stats.error, exc_info=exc)
+            return
         stats.state = ShardState.RUNNING
         runner = ShardRunner(
             shard,
-            self._session.reader(shard, self._position(shard)),
+            reader,
             self._plan,
             self._writers,
             self._sink_reports,
@@ -217,8 +244,8 @@ class Scheduler:
             stats.state = await runner.run()
         except Exception as group:
             exc = first_error(group)
-            if isinstance(exc, CheckpointError):
-                raise exc from None
+            if isinstance(exc, CheckpointError | StreamNotFoundError):
+                raise exc from None  # nothing of this pipeline can go on
             # One shard's failure never takes the others down: it stops alone.
             stats.state = ShardState.STOPPED
             stats.error = f"{type(exc).__name__}: {exc}"
@@ -228,5 +255,26 @@ class Scheduler:
             with anyio.CancelScope(shield=True):
                 await runner.reader.aclose()
         if stats.state is ShardState.ENDED:
-            self._relist = True  # its children may be listed now
+            self._ended.append(shard_id)  # its children may be listed now
         self._changed.set()
+
+
+def _initial_position(shard: Shard, start: Position) -> Position | None:
+    """Where a shard first seen when the run starts is read from (None: not at all).
+
+    A start at a sequence number applies to the shard whose range holds it; shards that
+    ended before it are skipped and shards that begin after it are read whole.
+    """
+    if start.kind is PositionKind.LATEST:
+        return None if shard.closed else start
+    if start.sequence_number is None:
+        return start
+    sequence = int(start.sequence_number)
+    if shard.ending_sequence_number is not None and int(shard.ending_sequence_number) < sequence:
+        return None
+    if (
+        shard.starting_sequence_number is not None
+        and int(shard.starting_sequence_number) > sequence
+    ):
+        return TRIM_HORIZON
+    return start

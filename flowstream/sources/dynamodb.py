@@ -32,7 +32,12 @@ from flowstream.aws import (
     error_message,
     is_retryable,
 )
-from flowstream.errors import SourceError, StreamNotFoundError, TrimmedDataError
+from flowstream.errors import (
+    FlowstreamError,
+    SourceError,
+    StreamNotFoundError,
+    TrimmedDataError,
+)
 from flowstream.record import decode_page, decode_records
 from flowstream.sources.base import (
     TRIM_HORIZON,
@@ -56,6 +61,7 @@ _ARN: Final = re.compile(
 )
 _RAW_BODY: Final = "_flowstream_raw_body"
 _STREAMS: Final = "DynamoDB Streams"
+_OPENING_ATTEMPTS: Final = 5
 
 
 def _keep_raw_body(
@@ -208,11 +214,14 @@ class _DynamoDBSession(StreamSession):
     async def check(self) -> None:
         """Fail fast, with a clear error, when the stream cannot be read at all."""
         try:
-            description = (await self.client.describe_stream(StreamArn=self.stream_id, Limit=1))[
-                "StreamDescription"
-            ]
+            response = await self._call(
+                "describe_stream", _opening=True, StreamArn=self.stream_id, Limit=1
+            )
+        except FlowstreamError:
+            raise  # _call already said what is wrong and how to fix it
         except Exception as exc:
             raise self._error(exc, opening=True) from None
+        description = response["StreamDescription"]
         status = description.get("StreamStatus")
         if status in ("DISABLED", "DISABLING"):
             logger.warning(
@@ -239,15 +248,21 @@ class _DynamoDBSession(StreamSession):
             )
         return exc
 
-    async def _call(self, operation: str, **params: Any) -> Any:
-        """Call `operation`, retrying throttling and server errors with backoff."""
+    async def _call(self, operation: str, *, _opening: bool = False, **params: Any) -> Any:
+        """Call `operation`, retrying throttling and server errors with backoff. While
+        opening, an endpoint that cannot be reached fails at once and throttling is
+        retried a few times only: a setup problem must not look like a hang."""
         backoff = Backoff()
         method = getattr(self.client, operation)
         while True:
             try:
                 return await method(**params)
             except Exception as exc:
-                if not is_retryable(exc):
+                give_up = _opening and (
+                    backoff.attempt >= _OPENING_ATTEMPTS
+                    or configuration_error(exc, SourceError, what="", endpoint_url=None) is not None
+                )
+                if give_up or not is_retryable(exc):
                     error = self._error(exc)
                     if error is exc:
                         raise
