@@ -5,6 +5,7 @@ from flowstream import sinks as sinks
 from flowstream import sources as sources
 from flowstream.errors import AttributeValueError as AttributeValueError
 from flowstream.errors import CheckpointError as CheckpointError
+from flowstream.errors import DeliveryError as DeliveryError
 from flowstream.errors import FlowstreamError as FlowstreamError
 from flowstream.errors import PipelineError as PipelineError
 from flowstream.errors import RecordDecodeError as RecordDecodeError
@@ -30,6 +31,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AttributeValueError",
     "CheckpointError",
+    "DeliveryError",
     "EventName",
     "FlowstreamError",
     "Pipeline",

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Sequence
 
 import anyio
+
+from flowstream.errors import FlowstreamError
 
 __all__ = ["main"]
 
@@ -16,12 +19,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="flowstream", description="Process DynamoDB change streams."
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="run the embedded demo pipeline")
-    demo.add_argument("--changes", type=int, default=200, help="changes to write (200)")
+    demo = commands.add_parser(
+        "demo",
+        help="run the embedded demo: a cache invalidator over a local DynamoDB table",
+    )
+    demo.add_argument("--seconds", type=float, default=5.0, help="how long to write changes (5)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "demo":
+        if args.seconds < 0:
+            parser.error("--seconds must be 0 or more")
         from flowstream.demo import run_demo
 
-        anyio.run(lambda: run_demo(changes=args.changes))
+        try:
+            anyio.run(lambda: run_demo(seconds=args.seconds))
+        except FlowstreamError as exc:
+            print(f"flowstream demo: error: {exc}", file=sys.stderr)
+            return 1
     return 0

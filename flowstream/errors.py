@@ -8,7 +8,8 @@ FlowstreamError
  ├── SourceError            a source that cannot be read
  │    ├── TrimmedDataError  records expired from the stream before they were read
  │    └── StreamNotFoundError  the stream was deleted or disabled
- ├── SinkError              a sink that cannot deliver
+ ├── SinkError              a sink that cannot be opened or cannot deliver
+ │    └── DeliveryError     an item the destination did not take (retryable or not)
  ├── CheckpointError        a checkpoint store that cannot load or save
  └── ShardStoppedError      a drained run in which one or more shards stopped at a failure
 ```
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AttributeValueError",
     "CheckpointError",
+    "DeliveryError",
     "FlowstreamError",
     "PipelineError",
     "RecordDecodeError",
@@ -78,6 +80,28 @@ class StreamNotFoundError(SourceError):
 
 class SinkError(FlowstreamError):
     """A sink that cannot be opened or that rejected a delivery for good."""
+
+
+class DeliveryError(SinkError):
+    """Sinks report it for an item (or a batch) the destination did not take.
+
+    `retryable` says whether trying again can help: throttling, timeouts and 5xx can;
+    a value the destination rejects (too large, malformed, 4xx) cannot, so the runtime
+    does not retry it. `status` and `code` carry the destination's answer when known.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool,
+        status: int | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.status = status
+        self.code = code
 
 
 class CheckpointError(FlowstreamError):

@@ -12,7 +12,7 @@ from typing import Any, Final
 
 import msgspec
 
-from flowstream.errors import SinkError
+from flowstream.errors import DeliveryError
 
 __all__ = ["SerializationError", "encode_lines", "to_bytes"]
 
@@ -21,9 +21,12 @@ _HELP: Final = (
 )
 
 
-class SerializationError(SinkError, TypeError):
+class SerializationError(DeliveryError, TypeError):
     """Raised by `to_bytes` (and failed per item by the sinks that use it) for an element
-    that cannot be turned into bytes; the message names the type."""
+    that cannot be turned into bytes; the message names the type. Never retryable."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=False)
 
 
 class _Unsupported(Exception):

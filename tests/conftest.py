@@ -1,10 +1,13 @@
-"""Shared test helpers: fake AWS settings for every test and a condition waiter."""
+"""Shared test setup: fake AWS settings for every test, and moto's server as fixtures."""
 
 from __future__ import annotations
 
 import os
 
 import pytest
+
+# moto's server for every test that asks for it: `moto_server` (session) and `moto_url`.
+pytest_plugins = ["moto_server"]
 
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test")

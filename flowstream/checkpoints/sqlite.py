@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -131,7 +132,7 @@ class SqliteCheckpoints(CheckpointStore):
             # and OS crashes, not just a killed process (NORMAL would be enough for that).
             # Saves are batched (flush_interval), so the fsync per save costs little, and
             # every checkpoint lost to a crash is records replayed.
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            mode = self._journal_mode_wal(conn)
             if str(mode).lower() != "wal":
                 raise CheckpointError(
                     f"sqlite({self._name}): the database cannot use WAL journal mode "
@@ -146,6 +147,19 @@ class SqliteCheckpoints(CheckpointStore):
                 raise self._error("cannot open the checkpoint database", exc) from exc
             raise
         return conn
+
+    def _journal_mode_wal(self, conn: sqlite3.Connection) -> object:
+        """Switch a new database to WAL. Two connections making the same new file at once
+        can get SQLITE_BUSY here without the busy timeout being applied, so wait for the
+        other one within the timeout."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                return conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc).lower() or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.01)
 
     def _error(self, doing: str, exc: sqlite3.Error) -> CheckpointError:
         """Translate an sqlite3 error into a CheckpointError that says what to do."""

@@ -255,6 +255,8 @@ class ShardRunner:
             if not failed:
                 return None
             first = min(failed)
+            # The earliest failure decides: later items wait behind it either way.
+            retryable = retryable and getattr(failed[first], "retryable", True) is not False
             if not retryable or attempt >= self.policy.retries:
                 stats.failed += len(failed)
                 self.report.failed += len(failed)

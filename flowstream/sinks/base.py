@@ -46,8 +46,10 @@ class SendResult(msgspec.Struct, gc=False):
     """The outcome of a `send()` that delivered some items but not all.
 
     `failed` maps the index of each failed item in the batch to its error; every other
-    item was delivered. `retryable=False` marks failures that retrying cannot fix (a
-    value the destination rejects), so the runtime does not try again.
+    item was delivered. A `DeliveryError(retryable=False)` marks an item that retrying
+    cannot fix (a value the destination rejects); `retryable=False` here marks them all.
+    The runtime retries the failed items (in order) unless the earliest one cannot be
+    retried.
     """
 
     failed: Mapping[int, BaseException]
