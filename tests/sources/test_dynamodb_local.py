@@ -290,3 +290,48 @@ class TestPolling:
         # empty polls wait 0.02, 0.04, 0.08, 0.16, 0.32, then 0.4 s: 8 polls take >= 1 s,
         # where a fixed 50-per-second poller would have made 8 in 0.16 s
         assert elapsed >= 1.0
+
+
+class TestStartPositions:
+    async def test_latest_reads_only_what_comes_after_the_start(
+        self, served: tuple[MemoryStream, LocalStreamsServer]
+    ) -> None:
+        stream, server = served
+        old = stream.add_shard()
+        stream.put(old, "INSERT", {"pk": "before"})
+        children = stream.split(old)
+        stream.put(children[0], "INSERT", {"pk": "also before"})
+        out = sinks.collect()
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+
+            async def run() -> None:
+                await fs.Pipeline(fast_source(server, start="latest")).to(out).run(stop=stop)
+
+            tg.start_soon(run)
+            # LATEST iterators are taken when the readers start; wait for both
+            await wait_until(lambda: all(server.calls[("GetRecords", c)] >= 1 for c in children))
+            stream.put(children[0], "INSERT", {"pk": "after"})
+            stream.put(children[1], "INSERT", {"pk": "after too"})
+            await wait_until(lambda: len(out.items) == 2)
+            stop.set()
+        assert sorted(r.keys["pk"] for r in out.items) == ["after", "after too"]
+        assert server.calls[("GetRecords", old)] == 0  # closed: skipped at LATEST
+
+    async def test_at_a_sequence_number_skips_what_ended_before_it(
+        self, served: tuple[MemoryStream, LocalStreamsServer]
+    ) -> None:
+        stream, server = served
+        parent = stream.add_shard()
+        for n in range(5):
+            stream.put(parent, "INSERT", {"pk": f"p{n}"})
+        children = stream.split(parent)
+        marks = [stream.put(children[0], "INSERT", {"pk": f"c{n}"}) for n in range(5)]
+        later = stream.put(children[1], "INSERT", {"pk": "d0"})
+        out = sinks.collect()
+        source = fast_source(server, start=sources.Position.at(marks[2].sequence_number))
+        await fs.Pipeline(source).to(out).run(drain=True)
+        assert [r.keys["pk"] for r in out.items if r.shard_id == children[0]] == ["c2", "c3", "c4"]
+        # the other child begins after the sequence number: it is read whole
+        assert [r for r in out.items if r.shard_id == children[1]] == [later]
+        assert not [r for r in out.items if r.shard_id == parent]
