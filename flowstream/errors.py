@@ -87,7 +87,9 @@ class DeliveryError(SinkError):
 
     `retryable` says whether trying again can help: throttling, timeouts and 5xx can;
     a value the destination rejects (too large, malformed, 4xx) cannot, so the runtime
-    does not retry it. `status` and `code` carry the destination's answer when known.
+    does not retry it. `status` and `code` carry the destination's answer when known;
+    `retry_after` is how long the destination asked to wait (HTTP ``Retry-After``): the
+    runtime waits at least that long before the retry.
     """
 
     def __init__(
@@ -97,11 +99,13 @@ class DeliveryError(SinkError):
         retryable: bool,
         status: int | None = None,
         code: str | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.status = status
         self.code = code
+        self.retry_after = retry_after
 
 
 class CheckpointError(FlowstreamError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -277,7 +278,7 @@ class ShardRunner:
             keep = sorted(failed)
             batch = batch.subset(keep)
             origins = [origins[k] for k in keep]
-            with anyio.move_on_after(self.policy.delay(attempt)):
+            with anyio.move_on_after(_retry_delay(self.policy.delay(attempt), failed.values())):
                 await self._stop_requested.wait()
             if self._stop_requested.is_set():
                 return _SinkFailure(origins[0], f"sink {stats.name}", failed[first], True)
@@ -311,3 +312,14 @@ def _outcome(result: object, size: int, sink: str) -> tuple[dict[int, BaseExcept
 
 
 _EMPTY = Processed([])
+
+
+#: Longest wait a destination's Retry-After can impose on one retry.
+_MAX_RETRY_AFTER = 300.0
+
+
+def _retry_delay(backoff: float, errors: Iterable[BaseException]) -> float:
+    """The backoff, or longer when a destination said how long to wait."""
+    asked = [getattr(e, "retry_after", None) for e in errors]
+    waits = [float(a) for a in asked if isinstance(a, int | float) and a > 0]
+    return max([backoff, *(min(w, _MAX_RETRY_AFTER) for w in waits)])
