@@ -5,7 +5,6 @@ way flowstream needs them, and the one place where botocore's errors are classif
 
 from __future__ import annotations
 
-import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Final
@@ -17,7 +16,6 @@ from botocore import exceptions as botocore_errors
 from flowstream.errors import FlowstreamError
 
 __all__ = [
-    "Backoff",
     "configuration_error",
     "create_client",
     "error_code",
@@ -171,21 +169,3 @@ async def create_client(
         config=client_config(max_connections),
     ) as client:
         yield client
-
-
-class Backoff:
-    """Exponential backoff with full jitter: attempt n waits uniform(0, min(cap, base·2ⁿ⁻¹))."""
-
-    __slots__ = ("attempt", "base", "cap")
-
-    def __init__(self, base: float = 0.05, cap: float = 5.0) -> None:
-        self.base = base
-        self.cap = cap
-        self.attempt = 0
-
-    def next_delay(self) -> float:
-        self.attempt += 1
-        return random.uniform(0.0, min(self.cap, self.base * 2 ** (self.attempt - 1)))
-
-    def reset(self) -> None:
-        self.attempt = 0

@@ -10,7 +10,6 @@ prefix of a page) that every sink acknowledged.
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from flowstream.backoff import full_jitter
 from flowstream.errors import SinkError
 from flowstream.plan import Plan, Processed, StepFailure
 from flowstream.record import Record
@@ -40,8 +40,7 @@ class RetryPolicy:
 
     def delay(self, attempt: int) -> float:
         """Exponential backoff with full jitter (attempt counts from 1)."""
-        base, cap = self.backoff
-        return random.uniform(0.0, min(cap, base * 2 ** (attempt - 1)))
+        return full_jitter(attempt, *self.backoff)
 
 
 @dataclass(slots=True)

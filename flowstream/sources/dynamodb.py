@@ -25,13 +25,13 @@ import msgspec
 from aiobotocore.session import AioSession
 
 from flowstream.aws import (
-    Backoff,
     configuration_error,
     create_client,
     error_code,
     error_message,
     is_retryable,
 )
+from flowstream.backoff import Backoff
 from flowstream.errors import (
     FlowstreamError,
     SourceError,
