@@ -1,4 +1,4 @@
-"""Where elements go: `collect()`, `callback(fn)`, `stdout()`, `jsonl(path)`."""
+"""Where elements go: `collect()`, `callback(fn)`, `stdout()`, `jsonl(path)`, `http(url)`."""
 
 from flowstream.sinks.base import Batch as Batch
 from flowstream.sinks.base import SendResult as SendResult
@@ -6,7 +6,18 @@ from flowstream.sinks.base import Sink as Sink
 from flowstream.sinks.base import SinkWriter as SinkWriter
 from flowstream.sinks.callback import callback as callback
 from flowstream.sinks.collect import collect as collect
+from flowstream.sinks.http import http as http
 from flowstream.sinks.jsonl import jsonl as jsonl
 from flowstream.sinks.stdout import stdout as stdout
 
-__all__ = ["Batch", "SendResult", "Sink", "SinkWriter", "callback", "collect", "jsonl", "stdout"]
+__all__ = [
+    "Batch",
+    "SendResult",
+    "Sink",
+    "SinkWriter",
+    "callback",
+    "collect",
+    "http",
+    "jsonl",
+    "stdout",
+]
