@@ -3,8 +3,9 @@ count and size limits, and turning botocore errors into per-item `DeliveryError`
 
 from __future__ import annotations
 
+import io
 from abc import abstractmethod
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -17,25 +18,104 @@ from flowstream.aws import (
     error_message,
     is_retryable,
 )
-from flowstream.errors import DeliveryError, SinkError
-from flowstream.sinks.base import Sink, SinkWriter
+from flowstream.errors import DeliveryError, FlowstreamError, SinkError
+from flowstream.serialize import SerializationError
+from flowstream.sinks.base import SendResult, Sink, SinkWriter
 
-__all__ = ["AwsSink", "chunks", "delivery_error"]
+__all__ = [
+    "AwsSink",
+    "OrderedFailures",
+    "chunks",
+    "delivery_error",
+    "encode_with",
+    "item_error",
+]
 
 
-def chunks(sizes: Sequence[int], *, max_count: int, max_bytes: int) -> Iterator[range]:
+def chunks(
+    sizes: Sequence[int],
+    *,
+    max_count: int,
+    max_bytes: int,
+    keys: Sequence[Hashable] | None = None,
+) -> Iterator[range]:
     """Split items of the given sizes into consecutive runs of at most `max_count` items
     and `max_bytes` bytes. An item larger than `max_bytes` gets a run of its own (the
-    caller fails it: it can never be sent)."""
+    caller fails it: it can never be sent). With `keys`, no run holds two items of one
+    key (a service that cannot take two writes to one key in a call, or one that may
+    land part of a call: then a later change of a key could land before an earlier one
+    that failed)."""
     start = 0
     total = 0
+    seen: set[Hashable] = set()
     for i, size in enumerate(sizes):
-        if i > start and (i - start >= max_count or total + size > max_bytes):
+        if i > start and (
+            i - start >= max_count
+            or total + size > max_bytes
+            or (keys is not None and keys[i] in seen)
+        ):
             yield range(start, i)
             start, total = i, 0
+            seen.clear()
         total += size
+        if keys is not None:
+            seen.add(keys[i])
     if start < len(sizes):
         yield range(start, len(sizes))
+
+
+class OrderedFailures:
+    """The per-item outcome of a `send()` that delivers in several calls, one after the
+    other, so that each key's items land in order.
+
+    Once an item fails, later items of its key are held back (failed, retryable) rather
+    than sent ahead of it: the runtime retries them after it, in order. After a call
+    fails for a reason that is not its items' (throttling, a missing destination),
+    `stop()` fails everything not yet sent, since the next call would fail alike.
+    """
+
+    __slots__ = ("_blocked", "_keys", "_sink", "_stopped", "failed")
+
+    def __init__(self, keys: Sequence[Hashable], *, sink: str) -> None:
+        self._keys = keys
+        self._sink = sink
+        self._blocked: set[Hashable] = set()
+        self._stopped: BaseException | None = None
+        self.failed: dict[int, BaseException] = {}
+
+    def fail(self, index: int, error: BaseException) -> None:
+        """Item `index` failed (before or after it was sent)."""
+        self.failed[index] = error
+        self._blocked.add(self._keys[index])
+
+    def stop(self, indices: Iterable[int], error: BaseException) -> None:
+        """A call of `indices` failed as a whole in a way later calls would too."""
+        for i in indices:
+            self.fail(i, error)
+        self._stopped = error
+
+    def to_send(self, run: Iterable[int]) -> list[int]:
+        """The items of `run` to send now; the others are failed here (held back behind
+        an earlier failure of their key, or after a stop) or failed already."""
+        send: list[int] = []
+        for i in run:
+            if i in self.failed:
+                continue
+            if self._stopped is not None:
+                self.failed[i] = self._stopped
+            elif self._keys[i] in self._blocked:
+                self.failed[i] = DeliveryError(
+                    f"sink {self._sink}: held back because an earlier item of the same key "
+                    "failed; it is sent after that one, to keep the key's order",
+                    retryable=True,
+                )
+            else:
+                send.append(i)
+        return send
+
+    def result(self) -> SendResult | None:
+        """What `send()` returns: None when nothing failed."""
+        return SendResult(self.failed) if self.failed else None
 
 
 def delivery_error(exc: BaseException, *, sink: str, what: str) -> DeliveryError:
@@ -51,6 +131,47 @@ def delivery_error(exc: BaseException, *, sink: str, what: str) -> DeliveryError
     return DeliveryError(
         f"sink {sink}: {message}", retryable=setup is None and is_retryable(exc), code=code
     )
+
+
+def encode_with(encode: Callable[[Any], bytes | str], value: Any) -> bytes:
+    """`encode(value)`, a user's `encode=` function, as bytes; a `SerializationError`
+    (fails only that item) when it raises or returns something else."""
+    try:
+        data = encode(value)
+    except Exception as exc:
+        raise SerializationError(
+            f"encode= failed on a {type(value).__name__} value: {type(exc).__name__}: {exc}"
+        ) from None
+    if isinstance(data, str):
+        return data.encode()
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise SerializationError(
+            f"encode= returned a {type(data).__name__} for a {type(value).__name__} value; "
+            "it must return bytes (or str)"
+        )
+    return bytes(data)
+
+
+def item_error(exc: FlowstreamError, sink: str) -> DeliveryError:
+    """An item that cannot be sent as it is (it does not serialise, is too large, its
+    record does not decode): a `DeliveryError` that retrying cannot fix."""
+    if isinstance(exc, DeliveryError):
+        return exc
+    return DeliveryError(f"sink {sink}: {exc}", retryable=False)
+
+
+#: aiohttp warns (ResourceWarning) when it is handed a body over 1 MiB as raw bytes.
+_LARGE_BODY = 1024 * 1024
+
+
+def _stream_large_body(request: Any, **_: Any) -> None:
+    """Hand a large request body (a 5 MiB PutRecords call, a 6 MiB Lambda payload) to
+    aiohttp as a stream rather than raw bytes, which it warns about; under pytest's
+    ``filterwarnings = error`` that warning fails the request. The request is signed
+    already; the stream carries the same bytes."""
+    body = request.body
+    if isinstance(body, bytes | bytearray) and len(body) > _LARGE_BODY:
+        request.body = io.BytesIO(body)
 
 
 class AwsSink(Sink):
@@ -95,7 +216,14 @@ class AwsSink(Sink):
                     exc, SinkError, what=self.describe(), endpoint_url=self.endpoint_url
                 )
                 raise (error or SinkError(f"cannot open {self.describe()}: {exc}")) from None
-            yield self.writer(client)
+            client.meta.events.register(f"before-send.{self.service}", _stream_large_body)
+            yield await self.open_writer(client)
+
+    async def open_writer(self, client: Any) -> SinkWriter:
+        """The writer for one run: `writer(client)`. A sink that can check its
+        destination before the first send (that it exists, its limits) overrides this and
+        raises a `SinkError` that names the fix."""
+        return self.writer(client)
 
     @abstractmethod
     def writer(self, client: Any) -> SinkWriter:
