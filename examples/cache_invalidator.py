@@ -10,7 +10,12 @@ it against a real table (its stream enabled, NEW_AND_OLD_IMAGES for the changed
 attributes), with AWS settings from the environment:
 
     python examples/cache_invalidator.py Users --checkpoints state.db
-    python examples/cache_invalidator.py Users --endpoint-url http://127.0.0.1:5000 --drain
+    python examples/cache_invalidator.py Users --endpoint-url http://127.0.0.1:4566 --drain
+    python examples/cache_invalidator.py Users --redis redis://127.0.0.1:6379/0 \
+        --purge-url http://cache.internal/purge
+
+(`flowstream demo --serve` keeps a local endpoint at http://127.0.0.1:4566 with a
+`Users` table being written to.)
 
 It runs until Ctrl-C (or with --drain, until it has read everything in the stream) and
 resumes from its checkpoints the next time.
@@ -82,7 +87,14 @@ async def run(args: argparse.Namespace) -> fs.RunReport:
     source = sources.dynamodb(
         table=args.table, endpoint_url=args.endpoint_url, region=args.region, start=args.start
     )
-    pipeline = build_pipeline(source, evict=[sinks.jsonl(args.evicted)])
+    # Both invalidations clear the cache: Redis keys are deleted and the HTTP cache
+    # purged; REMOVEs are also kept in a file.
+    clear: list[Sink] = []
+    if args.redis:
+        clear.append(sinks.redis(args.redis, key="user-cache:{pk}"))
+    if args.purge_url:
+        clear.append(sinks.http(args.purge_url, batch_size=100))
+    pipeline = build_pipeline(source, purge=clear, evict=[sinks.jsonl(args.evicted), *clear])
     print(pipeline.describe(), file=sys.stderr)
     return await pipeline.run(
         checkpoints=checkpoints.sqlite(args.checkpoints), drain=args.drain, handle_signals=True
@@ -115,6 +127,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--drain", action="store_true", help="stop once everything in the stream is read"
+    )
+    parser.add_argument(
+        "--redis", help="a Redis URL: delete user-cache:<pk> for every invalidation"
+    )
+    parser.add_argument(
+        "--purge-url", help="an HTTP endpoint that gets the invalidations as JSON arrays"
     )
     args = parser.parse_args(argv)
     if not args.table:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import random
+import signal
 import sys
 import urllib.request
 from collections import Counter
@@ -31,7 +32,7 @@ from flowstream.errors import FlowstreamError
 from flowstream.sinks import Sink
 from flowstream.sources import Source
 
-__all__ = ["EXAMPLE", "load_example", "local_dynamodb", "run_demo"]
+__all__ = ["EXAMPLE", "load_example", "local_dynamodb", "run_demo", "serve_demo"]
 
 #: The pipeline the demo runs: a file of the repository, so the demo runs from a clone.
 EXAMPLE: Final = Path(__file__).resolve().parent.parent / "examples" / "cache_invalidator.py"
@@ -75,9 +76,9 @@ def load_example(path: Path | None = None) -> BuildPipeline:
 
 
 @asynccontextmanager
-async def local_dynamodb() -> AsyncIterator[str]:
-    """moto's server in this process, on 127.0.0.1 and a free port, freshly reset;
-    yields its endpoint URL."""
+async def local_dynamodb(port: int = 0) -> AsyncIterator[str]:
+    """moto's server in this process, on 127.0.0.1 and `port` (0: a free one), freshly
+    reset; yields its endpoint URL."""
     try:
         from moto.server import ThreadedMotoServer
     except ImportError as exc:
@@ -87,7 +88,7 @@ async def local_dynamodb() -> AsyncIterator[str]:
         ) from None
     # werkzeug logs a line per request; the demo's output is the pipeline's.
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     await anyio.to_thread.run_sync(server.start)
     try:
         host, port = server.get_host_and_port()
@@ -394,3 +395,43 @@ def _report_counts(
             file=out,
         )
     return problems
+
+
+async def serve_demo(*, port: int = 4566, out: TextIO | None = None, seed: int | None = 7) -> None:
+    """Keep the demo's local endpoint up, with an application writing to `Users`, until
+    interrupted: the examples in examples/ run against it from another terminal."""
+    out = out or sys.stdout
+    session = AioSession()
+    session.set_credentials("demo", "demo")
+    async with (
+        local_dynamodb(port) as endpoint_url,
+        session.create_client("dynamodb", region_name=REGION, endpoint_url=endpoint_url) as client,
+    ):
+        await _create_table(client)
+        writer = _Writer(client, random.Random(seed))
+        env = f"AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo AWS_DEFAULT_REGION={REGION}"
+        print(
+            f"flowstream demo: a local AWS (moto: DynamoDB, SQS, SNS, EventBridge, Kinesis) at "
+            f"{endpoint_url}; table {TABLE!r} (NEW_AND_OLD_IMAGES stream) is being written to.\n"
+            "Run an example against it from another terminal, e.g.:\n"
+            f"  {env} python3 examples/cache_invalidator.py {TABLE} --endpoint-url {endpoint_url}\n"
+            f"  {env} python3 examples/sqs_fanout.py {TABLE} --endpoint-url {endpoint_url}\n"
+            f"  {env} python3 examples/table_replicator.py {TABLE} UsersCopy --endpoint-url "
+            f"{endpoint_url}\n"
+            "Ctrl-C stops it.",
+            file=out,
+            flush=True,
+        )
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with anyio.create_task_group() as tg:
+
+                async def write_forever() -> None:
+                    while True:
+                        await writer.run(10.0)
+                        print(f"{writer.writes} changes written so far", file=out, flush=True)
+
+                tg.start_soon(write_forever)
+                async for _ in signals:
+                    tg.cancel_scope.cancel()
+                    break
+        print(f"stopped after {writer.writes} changes", file=out)

@@ -21,7 +21,7 @@ from flowstream.errors import FlowstreamError
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 #: Examples that read a real table: they run against moto's server.
-AGAINST_A_TABLE = {"cache_invalidator"}
+AGAINST_A_TABLE = {"cache_invalidator", "table_replicator", "webhook_forwarder", "sqs_fanout"}
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -154,3 +154,99 @@ def test_cache_invalidator_runs_against_a_table(users_table: str, tmp_path: Path
     again = run(example, *args)
     assert again.stdout == ""
     assert "0 read" in again.stderr
+
+
+class _Receiver:
+    """A real local HTTP server (in a thread) that keeps every JSON body it gets."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        bodies: list[Any] = []
+        headers: list[dict[str, str]] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers["Content-Length"])
+                bodies.append(json.loads(self.rfile.read(length)))
+                headers.append(dict(self.headers))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.bodies = bodies
+        self.headers = headers
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host!s}:{port}/hook"
+
+    def __enter__(self) -> _Receiver:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_cache_invalidator_clears_redis_and_purges_over_http(
+    users_table: str, redis_url: str, tmp_path: Path
+) -> None:
+    import redis
+
+    cache = redis.Redis.from_url(redis_url)
+    cache.mset({"user-cache:user#1": "cached", "user-cache:user#2": "cached", "other": "x"})
+    with _Receiver() as purges:
+        args = ["Users", "--endpoint-url", users_table, "--drain", "--redis", redis_url]
+        args += ["--purge-url", purges.url, "--checkpoints", str(tmp_path / "state.db")]
+        args += ["--evicted", str(tmp_path / "evicted.jsonl")]
+        run(str(ROOT / "examples" / "cache_invalidator.py"), *args)
+    assert sorted(k.decode() for k in cache.keys("*")) == ["other"]
+    purged = [item for body in purges.bodies for item in body]
+    assert [(m["key"], m["op"]) for m in purged] == [("user#1", "MODIFY"), ("user#2", "REMOVE")]
+    cache.close()
+
+
+def test_table_replicator_copies_the_table(users_table: str, tmp_path: Path) -> None:
+    args = ["Users", "UsersCopy", "--endpoint-url", users_table, "--create", "--drain"]
+    done = run(
+        str(ROOT / "examples" / "table_replicator.py"),
+        *args,
+        "--checkpoints",
+        str(tmp_path / "r.db"),
+    )
+    assert "0 failed" in done.stderr
+    client: Any = boto3.client("dynamodb", endpoint_url=users_table, region_name="us-east-1")
+    source = client.scan(TableName="Users")["Items"]
+    copy = client.scan(TableName="UsersCopy")["Items"]
+    assert sorted(map(str, copy)) == sorted(map(str, source))
+    assert len(copy) == 2  # user#1 (pro) and team#1 (pro); user#2 was deleted
+
+
+def test_webhook_forwarder_posts_every_change(users_table: str, tmp_path: Path) -> None:
+    with _Receiver() as hook:
+        args = ["Users", hook.url, "--endpoint-url", users_table, "--drain"]
+        done = run(
+            str(ROOT / "examples" / "webhook_forwarder.py"),
+            *args,
+            "--checkpoints",
+            str(tmp_path / "w.db"),
+        )
+    assert "0 failed" in done.stderr
+    events = [event for body in hook.bodies for event in body]
+    assert [(e["type"], e["keys"]["pk"]) for e in events] == [
+        ("INSERT", "user#1"),
+        ("INSERT", "user#2"),
+        ("INSERT", "team#1"),
+        ("MODIFY", "user#1"),
+        ("MODIFY", "team#1"),
+        ("REMOVE", "user#2"),
+    ]
+    assert all(h.get("Idempotency-Key") for h in hook.headers)
