@@ -17,25 +17,21 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
-import anyio
 import boto3
 import pytest
 from aiobotocore.session import AioSession
 from boto3.dynamodb.types import Binary, TypeDeserializer, TypeSerializer
 from botocore.awsrequest import AWSResponse
+from sink_support import drain, new_session, send
 
 import flowstream as fs
 from flowstream import sources
 from flowstream.errors import DeliveryError, ShardStoppedError, SinkError
-from flowstream.runtime.engine import run_pipeline
-from flowstream.runtime.runner import RetryPolicy
-from flowstream.sinks import Batch, SendResult, Sink
+from flowstream.sinks import Batch
 from flowstream.sinks.dynamodb import UNPROCESSED_ATTEMPTS, dynamodb, item_size
 from flowstream.testing import MemoryStream
 
 REGION = "us-east-1"
-FAST = RetryPolicy(retries=3, backoff=(0.01, 0.05))
-RUN_TIMEOUT = 20.0
 
 _serialize = TypeSerializer().serialize
 _deserialize = TypeDeserializer().deserialize
@@ -162,41 +158,9 @@ def leave_unprocessed(session: AioSession, unprocessed: Callable[[dict[str, Any]
     session.register("after-call.dynamodb.BatchWriteItem", after)
 
 
-#: Loaded once: botocore's service models, shared by every client these tests open.
-_LOADER = AioSession().get_component("data_loader")
-
-
-def new_session() -> AioSession:
-    """A session of its own (for its event hooks) that reuses the loaded service models:
-    a client then opens in ~10 ms instead of ~100 ms."""
-    session = AioSession()
-    session.register_component("data_loader", _LOADER)
-    return session
-
-
 @pytest.fixture(autouse=True)
-def _shared_models(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Sinks and sources opened without `session=` get such a session too."""
-    monkeypatch.setattr("flowstream.aws.get_session", new_session)
-
-
-async def drain(pipeline: fs.Pipeline[Any], policy: RetryPolicy = FAST) -> fs.RunReport:
-    with anyio.fail_after(RUN_TIMEOUT):
-        return await run_pipeline(
-            pipeline.compile(),
-            pipeline.source,
-            name="dynamodb-test",
-            checkpoints=None,
-            drain=True,
-            grace_period=5,
-            handle_signals=False,
-            policy=policy,
-        )
-
-
-async def send(sink: Sink, batch: Batch) -> SendResult | None:
-    async with sink.open() as writer:
-        return await writer.send(batch)
+def _shared_models(shared_models: None) -> None:
+    """Every client of these tests opens fast (see sink_support.new_session)."""
 
 
 def batch_of(values: list[Any]) -> Batch:

@@ -13,24 +13,20 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-import anyio
 import boto3
 import pytest
 from aiobotocore.session import AioSession
+from sink_support import drain, new_session, send
 
 import flowstream as fs
 from flowstream.errors import DeliveryError, ShardStoppedError, SinkError
-from flowstream.runtime.engine import run_pipeline
-from flowstream.runtime.runner import RetryPolicy
 from flowstream.serialize import SerializationError
-from flowstream.sinks import Batch, SendResult, Sink
+from flowstream.sinks import Batch
 from flowstream.sinks.kinesis import MAX_RECORD_BYTES, default_partition_key, kinesis
 from flowstream.testing import MemoryStream
 
 REGION = "us-east-1"
 STREAM = "changes"
-FAST = RetryPolicy(retries=3, backoff=(0.01, 0.05))
-RUN_TIMEOUT = 20.0
 
 
 class Kinesis:
@@ -125,41 +121,9 @@ def as_change(record: fs.Record) -> dict[str, Any]:
     return {"pk": record.keys["pk"], "version": image.get("version")}
 
 
-#: Loaded once: botocore's service models, shared by every client these tests open.
-_LOADER = AioSession().get_component("data_loader")
-
-
-def new_session() -> AioSession:
-    """A session of its own (for its event hooks) that reuses the loaded service models:
-    a client then opens in ~10 ms instead of ~100 ms."""
-    session = AioSession()
-    session.register_component("data_loader", _LOADER)
-    return session
-
-
 @pytest.fixture(autouse=True)
-def _shared_models(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Sinks and sources opened without `session=` get such a session too."""
-    monkeypatch.setattr("flowstream.aws.get_session", new_session)
-
-
-async def drain(pipeline: fs.Pipeline[Any], policy: RetryPolicy = FAST) -> fs.RunReport:
-    with anyio.fail_after(RUN_TIMEOUT):
-        return await run_pipeline(
-            pipeline.compile(),
-            pipeline.source,
-            name="kinesis-test",
-            checkpoints=None,
-            drain=True,
-            grace_period=5,
-            handle_signals=False,
-            policy=policy,
-        )
-
-
-async def send(sink: Sink, batch: Batch) -> SendResult | None:
-    async with sink.open() as writer:
-        return await writer.send(batch)
+def _shared_models(shared_models: None) -> None:
+    """Every client of these tests opens fast (see sink_support.new_session)."""
 
 
 def batch_of(values: list[Any], keys: list[str] | None = None) -> Batch:
