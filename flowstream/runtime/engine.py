@@ -67,7 +67,9 @@ async def run_pipeline(
             with anyio.CancelScope(shield=True):
                 engine.stop("cancelled")
                 await engine.finished.wait()
-            if engine.error is not None:
+            if engine.error is not None and not isinstance(
+                engine.error, anyio.get_cancelled_exc_class()
+            ):
                 # the cancellation goes on; do not let the error vanish with it
                 logger.error(
                     "pipeline %r failed while stopping: %s: %s",
