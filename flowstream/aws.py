@@ -41,6 +41,8 @@ RETRYABLE_CODES: Final = frozenset(
         "RequestTimeout",
         "RequestTimeoutException",
         "TransactionInProgressException",
+        "RequestThrottled",
+        "KmsThrottled",
     }
 )
 
@@ -84,7 +86,8 @@ def is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, _TRANSIENT):
         return True
     code = error_code(exc)
-    return code in RETRYABLE_CODES or _status(exc) >= 500
+    status = _status(exc)
+    return code in RETRYABLE_CODES or status >= 500 or status == 429
 
 
 def configuration_error(

@@ -55,7 +55,13 @@ def to_bytes(value: Any) -> bytes:
     if isinstance(value, bytes):
         return value
     if isinstance(value, str):
-        return value.encode()
+        try:
+            return value.encode()
+        except UnicodeEncodeError as exc:  # a lone surrogate: not text any sink can send
+            raise SerializationError(
+                f"cannot serialise a str value: {exc.reason} at position {exc.start}; "
+                "strings must be valid Unicode text"
+            ) from None
     if isinstance(value, bytearray | memoryview):
         return bytes(value)
     try:

@@ -221,3 +221,10 @@ class TestEncodeLines:
         assert failed == {}
         assert data.count(b"\n") == 2
         assert [json.loads(line) for line in data.splitlines()] == [{"text": "a\nb\rc"}, ["x\n"]]
+
+
+def test_a_str_with_a_lone_surrogate_is_a_serialization_error() -> None:
+    from flowstream.serialize import SerializationError, to_bytes
+
+    with pytest.raises(SerializationError, match="position 1"):
+        to_bytes("a\ud800b")
