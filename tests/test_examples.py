@@ -250,3 +250,23 @@ def test_webhook_forwarder_posts_every_change(users_table: str, tmp_path: Path) 
         ("REMOVE", "user#2"),
     ]
     assert all(h.get("Idempotency-Key") for h in hook.headers)
+
+
+def test_sqs_fanout_routes_each_event_type_to_its_queue(users_table: str, tmp_path: Path) -> None:
+    args = ["Users", "--endpoint-url", users_table, "--create", "--drain"]
+    done = run(
+        str(ROOT / "examples" / "sqs_fanout.py"), *args, "--checkpoints", str(tmp_path / "f.db")
+    )
+    assert "0 failed" in done.stderr
+    client: Any = boto3.client("sqs", endpoint_url=users_table, region_name="us-east-1")
+    got = {}
+    for suffix in ("inserts", "updates", "removes"):
+        url = client.get_queue_url(QueueName=f"users-{suffix}")["QueueUrl"]
+        messages = client.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+        records = [json.loads(m["Body"]) for m in messages]
+        got[suffix] = sorted((r["eventName"], r["dynamodb"]["Keys"]["pk"]["S"]) for r in records)
+    assert got == {
+        "inserts": [("INSERT", "team#1"), ("INSERT", "user#1"), ("INSERT", "user#2")],
+        "updates": [("MODIFY", "team#1"), ("MODIFY", "user#1")],
+        "removes": [("REMOVE", "user#2")],
+    }
