@@ -26,7 +26,8 @@ class Batch(msgspec.Struct, gc=False):
     """One shard's elements for one sink, in sequence order.
 
     `values[i]` came from `records[i]` (several values may share a record after a
-    `flat_map`); use the record for idempotency keys and ordering keys.
+    `flat_map`); use the record for idempotency keys and ordering keys. Treat a batch as
+    read-only: with `.to(a, b)` both sinks get the same lists, and a retry reuses them.
     """
 
     shard_id: str
