@@ -23,6 +23,7 @@ from flowstream.plan import (
     callable_name,
     is_async_callable,
 )
+from flowstream.policy import RetryPolicy
 from flowstream.record import EventName, Record
 from flowstream.sinks.base import Sink
 from flowstream.sources.base import Source
@@ -90,12 +91,13 @@ class Pipeline(Generic[T]):
     """A declarative stream pipeline. Build it from a source, then chain `filter`,
     `map` and `flat_map`, and end it with `route` or `to`; `run()` it."""
 
-    __slots__ = ("_name", "_route", "_source", "_steps")
+    __slots__ = ("_name", "_policy", "_route", "_source", "_steps")
 
     _source: Source
     _name: str | None
     _steps: tuple[Step, ...]
     _route: Route | None
+    _policy: RetryPolicy
 
     def __init__(self: Pipeline[Record], source: Source, *, name: str | None = None) -> None:
         if not isinstance(source, Source):
@@ -113,6 +115,7 @@ class Pipeline(Generic[T]):
         self._name = name
         self._steps = ()
         self._route = None
+        self._policy = RetryPolicy()
 
     # -- building ---------------------------------------------------------------------
 
@@ -122,6 +125,7 @@ class Pipeline(Generic[T]):
         new._name = self._name
         new._steps = self._steps if step is None else (*self._steps, step)
         new._route = route
+        new._policy = self._policy
         return new
 
     def _where(self, method: str) -> str:
@@ -266,6 +270,33 @@ class Pipeline(Generic[T]):
             _check_sink(sink, where)
         return self._next(route=Route((), sinks, fan_out=True))
 
+    def on_failure(
+        self, *, retries: int = 3, backoff: tuple[float, float] = (0.1, 5.0)
+    ) -> Pipeline[T]:
+        """How a failing record is handled: retried `retries` more times, each after an
+        exponential backoff with full jitter (`backoff=(base, cap)` seconds); if it still
+        fails, its shard stops just before it and the other shards go on. May come
+        anywhere in the chain, also after the end."""
+        where = ".on_failure()"
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise PipelineError(
+                f"{where} got retries={retries!r}; give a whole number of retries, 0 or more"
+            )
+        try:
+            base, cap = (float(x) for x in backoff)
+        except (TypeError, ValueError):
+            raise PipelineError(
+                f"{where} got backoff={backoff!r}; give (base, cap) in seconds, e.g. (0.1, 5.0)"
+            ) from None
+        if not (0 <= base <= cap) or cap != cap or cap == float("inf"):
+            raise PipelineError(
+                f"{where} got backoff={backoff!r}; base and cap must be finite seconds with "
+                "0 <= base <= cap, e.g. (0.1, 5.0)"
+            )
+        new = self._next(route=self._route)
+        new._policy = RetryPolicy(retries, (base, cap))
+        return new
+
     # -- inspecting ---------------------------------------------------------------------
 
     @property
@@ -287,6 +318,8 @@ class Pipeline(Generic[T]):
             lines.append(f"  {len(self._steps) + 1}. (no end: add .route() or .to())")
         else:
             lines.append(f"  {len(self._steps) + 1}. {self._route.describe()}")
+        if self._policy != RetryPolicy():
+            lines.append(f"  {self._policy.describe()}")
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -340,4 +373,5 @@ class Pipeline(Generic[T]):
             grace_period=grace_period,
             handle_signals=handle_signals,
             stop=stop,
+            policy=self._policy,
         )

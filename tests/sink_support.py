@@ -10,8 +10,8 @@ import pytest
 from aiobotocore.session import AioSession
 
 import flowstream as fs
+from flowstream.policy import RetryPolicy
 from flowstream.runtime.engine import run_pipeline
-from flowstream.runtime.runner import RetryPolicy
 from flowstream.sinks import Batch, SendResult, Sink
 
 #: Retries a test can wait for.

@@ -21,10 +21,10 @@ from flowstream.checkpoints.base import SHARD_END, CheckpointStore
 from flowstream.checkpoints.memory import MemoryCheckpoints
 from flowstream.errors import ShardStoppedError
 from flowstream.plan import Plan
+from flowstream.policy import RetryPolicy
 from flowstream.report import RunReport, ShardState, SinkReport
 from flowstream.runtime.checkpointer import Checkpointer
 from flowstream.runtime.groups import first_error
-from flowstream.runtime.runner import RetryPolicy
 from flowstream.runtime.scheduler import Scheduler
 from flowstream.sources.base import Source
 

@@ -17,30 +17,18 @@ from typing import Any
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from flowstream.backoff import full_jitter
 from flowstream.errors import SinkError
 from flowstream.plan import Plan, Processed, StepFailure
+from flowstream.policy import RetryPolicy
 from flowstream.record import Record
 from flowstream.report import ShardReport, ShardState, SinkReport
 from flowstream.runtime.checkpointer import Checkpointer
 from flowstream.sinks.base import Batch, SendResult, SinkWriter
 from flowstream.sources.base import Shard, ShardReader
 
-__all__ = ["RetryPolicy", "ShardRunner"]
+__all__ = ["ShardRunner"]
 
 logger = logging.getLogger("flowstream")
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """How often and how patiently a failing record is retried before its shard stops."""
-
-    retries: int = 3
-    backoff: tuple[float, float] = (0.1, 5.0)
-
-    def delay(self, attempt: int) -> float:
-        """Exponential backoff with full jitter (attempt counts from 1)."""
-        return full_jitter(attempt, *self.backoff)
 
 
 @dataclass(slots=True)

@@ -18,10 +18,11 @@ from anyio.abc import TaskGroup
 from flowstream.checkpoints.base import SHARD_END
 from flowstream.errors import CheckpointError, StreamNotFoundError
 from flowstream.plan import Plan
+from flowstream.policy import RetryPolicy
 from flowstream.report import RunReport, ShardReport, ShardState, SinkReport
 from flowstream.runtime.checkpointer import Checkpointer
 from flowstream.runtime.groups import first_error
-from flowstream.runtime.runner import RetryPolicy, ShardRunner
+from flowstream.runtime.runner import ShardRunner
 from flowstream.sinks.base import SinkWriter
 from flowstream.sources.base import (
     TRIM_HORIZON,

@@ -3,6 +3,7 @@ delivered or checkpointed."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -217,3 +218,77 @@ class TestCountsAtAStop:
         report = caught.value.report
         assert report.filtered == 1
         assert report.shards[shard].stopped_at == stream.records(shard)[1].sequence_number
+
+
+class TestOnFailure:
+    @staticmethod
+    def stream_with(count: int) -> MemoryStream:
+        stream = MemoryStream()
+        shard = stream.add_shard()
+        for n in range(count):
+            stream.put(shard, "INSERT", {"pk": str(n)})
+        return stream
+
+    @staticmethod
+    def flaky(failures: int) -> Any:
+        """A map that fails on record "1" `failures` times, then works."""
+        left = [failures]
+
+        def fn(record: fs.Record) -> fs.Record:
+            if record.keys["pk"] == "1" and left[0] > 0:
+                left[0] -= 1
+                raise ConnectionError("cache unreachable")
+            return record
+
+        return fn
+
+    async def test_retries_as_configured_then_delivers(self) -> None:
+        stream = self.stream_with(3)
+        out = sinks.collect()
+        pipeline = (
+            fs.Pipeline(stream)
+            .map(self.flaky(2))
+            .to(out)
+            .on_failure(retries=2, backoff=(0.001, 0.002))
+        )
+        report = await pipeline.run(drain=True)
+        assert [r.keys["pk"] for r in out.items] == ["0", "1", "2"]
+        assert report.failed == 0
+        assert sum(s.retries for s in report.shards.values()) == 2
+
+    async def test_no_retries_stops_at_the_first_failure(self) -> None:
+        stream = self.stream_with(3)
+        out = sinks.collect()
+        pipeline = fs.Pipeline(stream).on_failure(retries=0).map(self.flaky(1)).to(out)
+        with pytest.raises(fs.ShardStoppedError) as caught:
+            await pipeline.run(drain=True)
+        (stopped,) = caught.value.report.stopped_shards().values()
+        assert stopped.retries == 0
+        assert [r.keys["pk"] for r in out.items] == ["0"]
+
+    def test_the_policy_is_part_of_the_plan_description(self) -> None:
+        base = fs.Pipeline(self.stream_with(0)).to(sinks.collect())
+        tuned = base.on_failure(retries=5, backoff=(0.5, 30))
+        assert "on failure" not in base.describe()
+        assert tuned.describe().endswith(
+            "on failure: 5 retries, backoff 0.5-30s, then stop the shard"
+        )
+
+    @pytest.mark.parametrize(
+        ("options", "problem"),
+        [
+            ({"retries": -1}, "retries=-1"),
+            ({"retries": 1.5}, "retries=1.5"),
+            ({"retries": True}, "retries=True"),
+            ({"backoff": (5, 1)}, "0 <= base <= cap"),
+            ({"backoff": (-1, 1)}, "0 <= base <= cap"),
+            ({"backoff": (0.1, float("inf"))}, "finite"),
+            ({"backoff": "fast"}, "(base, cap)"),
+        ],
+        ids=["negative", "fraction", "bool", "base-above-cap", "negative-base", "inf", "str"],
+    )
+    def test_bad_options_are_reported_when_built(
+        self, options: dict[str, Any], problem: str
+    ) -> None:
+        with pytest.raises(fs.PipelineError, match=re.escape(problem)):
+            fs.Pipeline(self.stream_with(0)).on_failure(**options)

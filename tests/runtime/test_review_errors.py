@@ -18,8 +18,8 @@ from flowstream import checkpoints, sinks
 from flowstream.checkpoints.base import CheckpointSession, CheckpointStore
 from flowstream.checkpoints.sqlite import SqliteCheckpoints
 from flowstream.errors import SinkError, SourceError
+from flowstream.policy import RetryPolicy
 from flowstream.runtime.engine import run_pipeline
-from flowstream.runtime.runner import RetryPolicy
 from flowstream.sinks.base import Sink, SinkWriter
 from flowstream.sources.base import Position, Shard, ShardReader, Source, StreamSession
 from flowstream.testing import MemoryStream

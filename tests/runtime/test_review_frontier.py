@@ -19,10 +19,10 @@ import flowstream as fs
 from flowstream import checkpoints, sinks
 from flowstream.checkpoints.base import CheckpointSession, CheckpointStore
 from flowstream.errors import CheckpointError
+from flowstream.policy import RetryPolicy
 from flowstream.report import RunReport, ShardReport
 from flowstream.runtime.checkpointer import Checkpointer
 from flowstream.runtime.engine import run_pipeline
-from flowstream.runtime.runner import RetryPolicy
 from flowstream.sinks.base import Batch, SendResult, SimpleSink
 from flowstream.testing import MemoryStream
 

@@ -23,8 +23,8 @@ import flowstream as fs
 from flowstream import checkpoints, sinks
 from flowstream.checkpoints.base import SHARD_END, CheckpointSession, CheckpointStore
 from flowstream.checkpoints.sqlite import SqliteCheckpoints
+from flowstream.policy import RetryPolicy
 from flowstream.runtime.engine import run_pipeline
-from flowstream.runtime.runner import RetryPolicy
 from flowstream.sinks.base import Batch, SendResult, SimpleSink
 from flowstream.sources.base import Position, Shard, ShardReader, Source, StreamSession
 from flowstream.testing import MemoryStream

@@ -31,9 +31,9 @@ from botocore.credentials import ReadOnlyCredentials
 
 import flowstream as fs
 from flowstream.errors import DeliveryError, SinkError
+from flowstream.policy import RetryPolicy
 from flowstream.report import RunReport
 from flowstream.runtime.engine import run_pipeline
-from flowstream.runtime.runner import RetryPolicy
 from flowstream.serialize import SerializationError
 from flowstream.sinks import Batch, SendResult
 from flowstream.sinks.http import HttpSink, http, retry_after_seconds

@@ -43,7 +43,7 @@ from sink_support import drain, new_session, send
 
 import flowstream as fs
 from flowstream.errors import DeliveryError, ShardStoppedError, SinkError
-from flowstream.runtime.runner import RetryPolicy
+from flowstream.policy import RetryPolicy
 from flowstream.sinks import Batch
 from flowstream.sinks.lambda_function import MAX_PAYLOAD, lambda_function
 from flowstream.testing import MemoryStream

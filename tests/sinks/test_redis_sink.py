@@ -19,9 +19,9 @@ from moto_server import closed_port
 
 import flowstream as fs
 from flowstream.errors import DeliveryError, PipelineError
+from flowstream.policy import RetryPolicy
 from flowstream.record import Record
 from flowstream.runtime.engine import run_pipeline
-from flowstream.runtime.runner import RetryPolicy
 from flowstream.sinks import Batch, Sink
 from flowstream.sinks.redis import redis as redis_sink  # flowstream.sinks.redis
 from flowstream.testing import MemoryStream
