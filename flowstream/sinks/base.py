@@ -19,7 +19,19 @@ import msgspec
 
 from flowstream.record import Record
 
-__all__ = ["Batch", "SendResult", "Sink", "SinkWriter"]
+__all__ = ["Batch", "SendResult", "Sink", "SinkWriter", "item_key"]
+
+
+# Sorted names and numbers as numbers: stable across runs and languages, and 1 (a number)
+# stays apart from "1" (a string), as DynamoDB keeps them.
+_KEY_ENCODER = msgspec.json.Encoder(order="sorted", decimal_format="number")
+
+
+def item_key(record: Record) -> str:
+    """The record's DynamoDB keys as one stable string, e.g. ``{"pk":"user#1","sk":0}``:
+    every change of one item gets the same one. Sinks use it as the default ordering key
+    (a FIFO group, a partition key, a cache key)."""
+    return _KEY_ENCODER.encode(record.keys).decode()
 
 
 class Batch(msgspec.Struct, gc=False):

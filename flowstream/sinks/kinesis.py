@@ -13,7 +13,6 @@ import hashlib
 from collections.abc import Callable, Hashable
 from typing import Any, Final, final
 
-import msgspec
 from aiobotocore.session import AioSession
 
 from flowstream.aws import RETRYABLE_CODES, error_code, error_message
@@ -28,7 +27,7 @@ from flowstream.sinks.aws_base import (
     encode_with,
     item_error,
 )
-from flowstream.sinks.base import Batch, SendResult, SinkWriter
+from flowstream.sinks.base import Batch, SendResult, SinkWriter, item_key
 
 __all__ = ["KinesisSink", "PartitionKey", "kinesis"]
 
@@ -207,7 +206,7 @@ def default_partition_key(record: Record) -> str:
     """The DynamoDB item's keys as a stable string (sorted JSON, e.g.
     ``{"pk":"user#1","sk":0}``), or its SHA-256 when that is longer than Kinesis allows:
     every change of one item gets the same key, so it goes to the same Kinesis shard."""
-    text = msgspec.json.encode(record.keys, order="sorted").decode()
+    text = item_key(record)
     if len(text) <= MAX_PARTITION_KEY:
         return text
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()

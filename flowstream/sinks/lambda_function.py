@@ -27,7 +27,7 @@ from flowstream.sinks.aws_base import (
     encode_with,
     item_error,
 )
-from flowstream.sinks.base import Batch, SendResult, SinkWriter
+from flowstream.sinks.base import Batch, SendResult, SinkWriter, item_key
 
 __all__ = ["Invocation", "LambdaSink", "lambda_function"]
 
@@ -109,7 +109,7 @@ class _LambdaWriter(SinkWriter):
         for i, (value, record) in enumerate(zip(batch.values, batch.records, strict=True)):
             # An element whose record's keys do not decode holds back nothing.
             with contextlib.suppress(FlowstreamError):
-                keys[i] = msgspec.json.encode(record.keys, order="sorted")
+                keys[i] = item_key(record)
             try:
                 part = self._json(value)
                 if len(part) + overhead > budget:

@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, final
 from urllib.parse import urlsplit
 
 import anyio
-import msgspec
 
 from flowstream.errors import (
     AttributeValueError,
@@ -47,7 +46,7 @@ from flowstream.errors import (
 from flowstream.plan import callable_name, is_async_callable
 from flowstream.record import EventName, Record
 from flowstream.serialize import to_bytes
-from flowstream.sinks.base import Batch, SendResult, Sink, SinkWriter
+from flowstream.sinks.base import Batch, SendResult, Sink, SinkWriter, item_key
 
 try:
     import redis.asyncio as aioredis
@@ -73,10 +72,6 @@ KeySpec: TypeAlias = "str | Callable[[Any, Record], str | bytes]"
 
 _ACTIONS: Final = ("delete", "set", "publish")
 _INSTALL: Final = "pip install 'flowstream[redis]'"
-# The default key: the record's key attributes as compact JSON, names sorted, e.g.
-# {"pk":"user#1","sk":"profile"}. Stable across runs and languages, and it keeps
-# 1 (a number) apart from "1" (a string), as DynamoDB does.
-_KEY_ENCODER: Final = msgspec.json.Encoder(order="sorted", decimal_format="number")
 # Refusals that can pass: the server is short of memory, loading, busy with a script,
 # a replica during failover, failing to persist, or a cluster that is re-forming.
 _RETRYABLE_CODES: Final = frozenset(
@@ -298,7 +293,7 @@ class _RedisWriter(SinkWriter):
         spec = self._name
         what = "channel" if self._publish else "key"
         if spec is None:
-            return _KEY_ENCODER.encode(record.keys)
+            return item_key(record)
         if isinstance(spec, str):
             try:
                 return spec.format_map(record.keys)

@@ -24,7 +24,6 @@ from typing import Any, Final, final
 from urllib.parse import urlsplit
 
 import anyio
-import msgspec
 from aiobotocore.session import AioSession
 
 from flowstream.aws import configuration_error, error_code, error_message
@@ -39,7 +38,7 @@ from flowstream.sinks.aws_base import (
     encode_with,
     item_error,
 )
-from flowstream.sinks.base import Batch, SendResult, SinkWriter
+from flowstream.sinks.base import Batch, SendResult, SinkWriter, item_key
 
 __all__ = ["AttributeValue", "Attributes", "GroupId", "SqsSink", "sqs"]
 
@@ -624,7 +623,7 @@ def default_group_id(record: Record) -> str:
     """The DynamoDB item's keys as a stable group id (sorted JSON, e.g.
     ``{"pk":"user#1","sk":0}``), or their SHA-256 when that is too long or holds
     characters an id cannot."""
-    text = msgspec.json.encode(record.keys, order="sorted").decode()
+    text = item_key(record)
     if _ID.fullmatch(text) is not None:
         return text
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
