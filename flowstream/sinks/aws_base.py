@@ -23,6 +23,7 @@ from flowstream.serialize import SerializationError
 from flowstream.sinks.base import SendResult, Sink, SinkWriter
 
 __all__ = [
+    "arn_region",
     "AwsSink",
     "OrderedFailures",
     "chunks",
@@ -116,6 +117,26 @@ class OrderedFailures:
     def result(self) -> SendResult | None:
         """What `send()` returns: None when nothing failed."""
         return SendResult(self.failed) if self.failed else None
+
+
+def arn_region(name: str, *, factory: str, service: str, resource: str, what: str) -> str | None:
+    """The region of `name` when it is an ARN (None for a plain name). An ARN of another
+    service or resource type is a `SinkError` naming the expected shape, e.g.
+    ``arn:aws:kinesis:<region>:<account>:stream/<name>`` (`resource` is "stream/")."""
+    if not name.startswith("arn:"):
+        return None
+    parts = name.split(":", 5)
+    if (
+        len(parts) != 6
+        or parts[2] != service
+        or not parts[5].startswith(resource)
+        or len(parts[5]) == len(resource)
+    ):
+        raise SinkError(
+            f"sinks.{factory}({name!r}) is not a {what} ARN (arn:aws:{service}:<region>:"
+            f"<account>:{resource}<name>); pass the ARN or the {what.split()[-1]}'s name"
+        )
+    return parts[3]
 
 
 def delivery_error(exc: BaseException, *, sink: str, what: str) -> DeliveryError:

@@ -24,6 +24,7 @@ from flowstream.record import EventName, Record
 from flowstream.sinks.aws_base import (
     AwsSink,
     OrderedFailures,
+    arn_region,
     chunks,
     delivery_error,
     item_error,
@@ -359,14 +360,10 @@ def dynamodb(
             f"sinks.dynamodb() needs a table name or ARN, got {table!r}; pass e.g. "
             "sinks.dynamodb('UsersCopy')"
         )
-    if table.startswith("arn:"):
-        parts = table.split(":", 5)
-        if len(parts) != 6 or parts[2] != "dynamodb" or not parts[5].startswith("table/"):
-            raise SinkError(
-                f"sinks.dynamodb({table!r}) is not a DynamoDB table ARN (arn:aws:dynamodb:"
-                "<region>:<account>:table/<name>); pass the ARN or the table's name"
-            )
-        region = region or parts[3]
+    in_arn = arn_region(
+        table, factory="dynamodb", service="dynamodb", resource="table/", what="DynamoDB table"
+    )
+    region = region or in_arn
     return DynamoDBSink(
         table,
         endpoint_url=endpoint_url,

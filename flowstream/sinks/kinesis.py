@@ -22,6 +22,7 @@ from flowstream.serialize import to_bytes
 from flowstream.sinks.aws_base import (
     AwsSink,
     OrderedFailures,
+    arn_region,
     chunks,
     delivery_error,
     encode_with,
@@ -237,14 +238,10 @@ def kinesis(
             f"sinks.kinesis() needs a stream name or ARN, got {stream_name!r}; pass e.g. "
             "sinks.kinesis('changes')"
         )
-    if stream_name.startswith("arn:"):
-        parts = stream_name.split(":", 5)
-        if len(parts) != 6 or parts[2] != "kinesis" or not parts[5].startswith("stream/"):
-            raise SinkError(
-                f"sinks.kinesis({stream_name!r}) is not a Kinesis stream ARN (arn:aws:kinesis:"
-                "<region>:<account>:stream/<name>); pass the ARN or the stream's name"
-            )
-        region = region or parts[3]
+    in_arn = arn_region(
+        stream_name, factory="kinesis", service="kinesis", resource="stream/", what="Kinesis stream"
+    )
+    region = region or in_arn
     if isinstance(partition_key, str) and not 1 <= len(partition_key) <= MAX_PARTITION_KEY:
         raise SinkError(
             f"sinks.kinesis(partition_key=...) is a str of {len(partition_key)} characters; "

@@ -22,6 +22,7 @@ from flowstream.serialize import SerializationError, to_bytes
 from flowstream.sinks.aws_base import (
     AwsSink,
     OrderedFailures,
+    arn_region,
     chunks,
     delivery_error,
     encode_with,
@@ -260,14 +261,14 @@ def lambda_function(
         raise SinkError(
             f"sinks.lambda_function(batch_size={batch_size!r}) must be a whole number of at least 1"
         )
-    if name.startswith("arn:"):
-        parts = name.split(":")
-        if len(parts) < 7 or parts[2] != "lambda" or parts[5] != "function":
-            raise SinkError(
-                f"sinks.lambda_function({name!r}) is not a Lambda function ARN (arn:aws:lambda:"
-                "<region>:<account>:function:<name>); pass the ARN or the function's name"
-            )
-        region = region or parts[3]
+    in_arn = arn_region(
+        name,
+        factory="lambda_function",
+        service="lambda",
+        resource="function:",
+        what="Lambda function",
+    )
+    region = region or in_arn
     return LambdaSink(
         name,
         invocation=invocation,
