@@ -23,6 +23,7 @@ from flowstream.serialize import SerializationError
 from flowstream.sinks.base import SendResult, Sink, SinkWriter
 
 __all__ = [
+    "missing_resource",
     "arn_region",
     "AwsSink",
     "OrderedFailures",
@@ -137,6 +138,17 @@ def arn_region(name: str, *, factory: str, service: str, resource: str, what: st
             f"<account>:{resource}<name>); pass the ARN or the {what.split()[-1]}'s name"
         )
     return parts[3]
+
+
+def missing_resource(
+    what: str, exc: BaseException, *, client: Any, endpoint_url: str | None, fix: str
+) -> str:
+    """The message for a destination that does not exist: which one, where it was looked
+    for (region and endpoint), what the service said, and `fix`."""
+    where = f" at {endpoint_url}" if endpoint_url else ""
+    return (
+        f"{what} does not exist in {client.meta.region_name}{where} ({error_message(exc)}); {fix}"
+    )
 
 
 def delivery_error(exc: BaseException, *, sink: str, what: str) -> DeliveryError:

@@ -17,7 +17,7 @@ import anyio
 from aiobotocore.session import AioSession
 
 from flowstream import attrvalue
-from flowstream.aws import error_code, error_message
+from flowstream.aws import error_code
 from flowstream.backoff import Backoff
 from flowstream.errors import DeliveryError, FlowstreamError, SinkError
 from flowstream.record import EventName, Record
@@ -28,6 +28,7 @@ from flowstream.sinks.aws_base import (
     chunks,
     delivery_error,
     item_error,
+    missing_resource,
 )
 from flowstream.sinks.base import Batch, SendResult, SinkWriter
 
@@ -271,11 +272,15 @@ class _DynamoDBWriter(SinkWriter):
 
     def _call_error(self, exc: BaseException) -> DeliveryError:
         if error_code(exc) == "ResourceNotFoundException":
-            region = self._client.meta.region_name
-            where = f" at {self._endpoint}" if self._endpoint else ""
+            message = missing_resource(
+                f"table {self._table!r}",
+                exc,
+                client=self._client,
+                endpoint_url=self._endpoint,
+                fix="create it, or check the table name and region=",
+            )
             return DeliveryError(
-                f"sink {self._name}: table {self._table!r} does not exist in {region}{where} "
-                f"({error_message(exc)}); create it, or check the table name and region=",
+                f"sink {self._name}: {message}",
                 retryable=False,
                 code="ResourceNotFoundException",
             )

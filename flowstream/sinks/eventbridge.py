@@ -16,7 +16,7 @@ from typing import Any, Final, final
 import msgspec
 from aiobotocore.session import AioSession
 
-from flowstream.aws import RETRYABLE_CODES, configuration_error, error_code, error_message
+from flowstream.aws import RETRYABLE_CODES, configuration_error, error_code
 from flowstream.errors import DeliveryError, FlowstreamError, SinkError
 from flowstream.record import Record
 from flowstream.serialize import to_bytes
@@ -27,6 +27,7 @@ from flowstream.sinks.aws_base import (
     delivery_error,
     encode_with,
     item_error,
+    missing_resource,
 )
 from flowstream.sinks.base import Batch, SendResult, SinkWriter
 from flowstream.sinks.sqs import NOT_ALLOWED, send_calls, too_large
@@ -272,10 +273,12 @@ class _EventBridgeWriter(SinkWriter):
 
 
 def _missing_bus(sink: EventBridgeSink, client: Any, exc: BaseException) -> str:
-    where = f" at {sink.endpoint_url}" if sink.endpoint_url else ""
-    return (
-        f"EventBridge bus {sink.bus!r} does not exist in {client.meta.region_name}{where} "
-        f"({error_message(exc)}); create it, or check the bus name, region= and endpoint_url="
+    return missing_resource(
+        f"EventBridge bus {sink.bus!r}",
+        exc,
+        client=client,
+        endpoint_url=sink.endpoint_url,
+        fix="create it, or check the bus name, region= and endpoint_url=",
     )
 
 

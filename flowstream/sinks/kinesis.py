@@ -15,7 +15,7 @@ from typing import Any, Final, final
 
 from aiobotocore.session import AioSession
 
-from flowstream.aws import RETRYABLE_CODES, error_code, error_message
+from flowstream.aws import RETRYABLE_CODES, error_code
 from flowstream.errors import DeliveryError, FlowstreamError, SinkError
 from flowstream.record import Record
 from flowstream.serialize import to_bytes
@@ -27,6 +27,7 @@ from flowstream.sinks.aws_base import (
     delivery_error,
     encode_with,
     item_error,
+    missing_resource,
 )
 from flowstream.sinks.base import Batch, SendResult, SinkWriter, item_key
 
@@ -191,12 +192,15 @@ class _KinesisWriter(SinkWriter):
 
     def _call_error(self, exc: BaseException) -> DeliveryError:
         if error_code(exc) == "ResourceNotFoundException":
-            region = self._client.meta.region_name
-            where = f" at {self._endpoint}" if self._endpoint else ""
+            message = missing_resource(
+                f"Kinesis stream {self._stream!r}",
+                exc,
+                client=self._client,
+                endpoint_url=self._endpoint,
+                fix="create it, or check the stream name and region=",
+            )
             return DeliveryError(
-                f"sink {self._name}: Kinesis stream {self._stream!r} does not exist in "
-                f"{region}{where} ({error_message(exc)}); create it, or check the stream "
-                "name and region=",
+                f"sink {self._name}: {message}",
                 retryable=False,
                 code="ResourceNotFoundException",
             )

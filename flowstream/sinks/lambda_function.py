@@ -16,7 +16,7 @@ from typing import Any, Final, Literal, final
 import msgspec
 from aiobotocore.session import AioSession
 
-from flowstream.aws import error_code, error_message
+from flowstream.aws import error_code
 from flowstream.errors import DeliveryError, FlowstreamError, SinkError
 from flowstream.serialize import SerializationError, to_bytes
 from flowstream.sinks.aws_base import (
@@ -27,6 +27,7 @@ from flowstream.sinks.aws_base import (
     delivery_error,
     encode_with,
     item_error,
+    missing_resource,
 )
 from flowstream.sinks.base import Batch, SendResult, SinkWriter, item_key
 
@@ -193,12 +194,15 @@ class _LambdaWriter(SinkWriter):
     def _call_error(self, exc: BaseException) -> DeliveryError:
         code = error_code(exc)
         if code == "ResourceNotFoundException":
-            region = self._client.meta.region_name
-            where = f" at {self._endpoint}" if self._endpoint else ""
+            message = missing_resource(
+                f"Lambda function {self._function!r}",
+                exc,
+                client=self._client,
+                endpoint_url=self._endpoint,
+                fix="deploy it, or check the function name (or alias) and region=",
+            )
             return DeliveryError(
-                f"sink {self._name}: Lambda function {self._function!r} does not exist in "
-                f"{region}{where} ({error_message(exc)}); deploy it, or check the function "
-                "name (or alias) and region=",
+                f"sink {self._name}: {message}",
                 retryable=False,
                 code=code,
             )

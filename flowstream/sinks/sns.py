@@ -15,7 +15,7 @@ from typing import Any, Final, final
 
 from aiobotocore.session import AioSession
 
-from flowstream.aws import configuration_error, error_code, error_message
+from flowstream.aws import configuration_error, error_code
 from flowstream.errors import DeliveryError, FlowstreamError, SinkError
 from flowstream.record import Record
 from flowstream.sinks.aws_base import (
@@ -24,6 +24,7 @@ from flowstream.sinks.aws_base import (
     chunks,
     delivery_error,
     item_error,
+    missing_resource,
 )
 from flowstream.sinks.base import Batch, SendResult, SinkWriter
 from flowstream.sinks.sqs import (
@@ -237,10 +238,12 @@ _SUBJECT_RULE: Final = (
 
 
 def _missing_topic(sink: SnsSink, client: Any, exc: BaseException) -> str:
-    where = f" at {sink.endpoint_url}" if sink.endpoint_url else ""
-    return (
-        f"SNS topic {sink.topic_arn} does not exist in {client.meta.region_name}{where} "
-        f"({error_message(exc)}); create it, or check the topic ARN, region= and endpoint_url="
+    return missing_resource(
+        f"SNS topic {sink.topic_arn}",
+        exc,
+        client=client,
+        endpoint_url=sink.endpoint_url,
+        fix="create it, or check the topic ARN, region= and endpoint_url=",
     )
 
 

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import anyio
 from aiobotocore.session import AioSession
 
-from flowstream.aws import configuration_error, error_code, error_message
+from flowstream.aws import configuration_error, error_code
 from flowstream.errors import DeliveryError, FlowstreamError, SinkError
 from flowstream.record import Record
 from flowstream.serialize import to_bytes
@@ -37,6 +37,7 @@ from flowstream.sinks.aws_base import (
     delivery_error,
     encode_with,
     item_error,
+    missing_resource,
 )
 from flowstream.sinks.base import Batch, SendResult, SinkWriter, item_key
 
@@ -255,10 +256,12 @@ class _SqsWriter(SinkWriter):
 
 
 def _missing_queue(sink: SqsSink, client: Any, exc: BaseException) -> str:
-    where = f" at {sink.endpoint_url}" if sink.endpoint_url else ""
-    return (
-        f"SQS queue {sink.queue_url} does not exist in {client.meta.region_name}{where} "
-        f"({error_message(exc)}); create it, or check the queue URL, region= and endpoint_url="
+    return missing_resource(
+        f"SQS queue {sink.queue_url}",
+        exc,
+        client=client,
+        endpoint_url=sink.endpoint_url,
+        fix="create it, or check the queue URL, region= and endpoint_url=",
     )
 
 
