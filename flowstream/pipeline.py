@@ -297,6 +297,18 @@ class Pipeline(Generic[T]):
         new._policy = RetryPolicy(retries, (base, cap))
         return new
 
+    def with_source(self, source: Source) -> Pipeline[T]:
+        """The same steps, route and failure policy over another source (a replay, a
+        test stream, another table with the same items)."""
+        if not isinstance(source, Source):
+            raise PipelineError(
+                f".with_source() got {type(source).__name__}; pass a source such as "
+                "sources.dynamodb(table=...) or a flowstream.testing.MemoryStream"
+            )
+        new = self._next(route=self._route)
+        new._source = source
+        return new
+
     # -- inspecting ---------------------------------------------------------------------
 
     @property

@@ -11,6 +11,7 @@ import itertools
 from bisect import bisect_left, bisect_right
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from datetime import datetime
 from typing import Any, Final
 
 import anyio
@@ -167,9 +168,12 @@ class MemoryStream(Source):
         old_image: Mapping[str, Any] | None = None,
         *,
         ttl_delete: bool = False,
+        created_at: datetime | None = None,
     ) -> Record:
         """Append a change to an open shard and return the record as readers see it.
-        Images are Python values (encoded as DynamoDB would)."""
+        Images are Python values (encoded as DynamoDB would). Records are stamped a
+        second apart from November 2023 unless `created_at` (an aware datetime) says
+        when the change happened (to test `max_record_age`, for example)."""
         shard = self._shard(shard_id)
         if shard.closed:
             raise SourceError(
@@ -177,7 +181,9 @@ class MemoryStream(Source):
             )
         sequence = next(self._sequence)
         dynamodb: dict[str, Any] = {
-            "ApproximateCreationDateTime": _BASE_TIME + (sequence - _FIRST_SEQUENCE),
+            "ApproximateCreationDateTime": _BASE_TIME + (sequence - _FIRST_SEQUENCE)
+            if created_at is None
+            else created_at.timestamp(),
             "Keys": attrvalue.encode(keys, path="Keys"),
             "SequenceNumber": str(sequence),
             "StreamViewType": self.view_type.value,
