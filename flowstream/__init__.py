@@ -3,6 +3,8 @@
 from flowstream import checkpoints as checkpoints
 from flowstream import sinks as sinks
 from flowstream import sources as sources
+from flowstream.deadletter import DeadLetter as DeadLetter
+from flowstream.deadletter import decode_dead_letter as decode_dead_letter
 from flowstream.errors import AttributeValueError as AttributeValueError
 from flowstream.errors import CheckpointError as CheckpointError
 from flowstream.errors import DeliveryError as DeliveryError
@@ -21,6 +23,7 @@ from flowstream.record import EventName as EventName
 from flowstream.record import Record as Record
 from flowstream.record import StreamViewType as StreamViewType
 from flowstream.record import decode_records as decode_records
+from flowstream.replay import replay_dead_letters as replay_dead_letters
 from flowstream.report import RunReport as RunReport
 from flowstream.report import ShardReport as ShardReport
 from flowstream.report import ShardState as ShardState
@@ -31,6 +34,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AttributeValueError",
     "CheckpointError",
+    "DeadLetter",
     "DeliveryError",
     "EventName",
     "FlowstreamError",
@@ -50,7 +54,9 @@ __all__ = [
     "TrimmedDataError",
     "When",
     "checkpoints",
+    "decode_dead_letter",
     "decode_records",
+    "replay_dead_letters",
     "sinks",
     "sources",
     "when",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 
 import pytest
 
@@ -48,3 +49,10 @@ def test_design_names_are_exported() -> None:
     ]:
         assert name in fs.__all__
     assert fs.EventName.REMOVE == "REMOVE"
+
+
+def test_dead_letter_names_are_exported() -> None:
+    for name in ["DeadLetter", "decode_dead_letter", "replay_dead_letters"]:
+        assert name in fs.__all__
+    assert "dead_letters" in fs.sources.__all__
+    assert inspect.iscoroutinefunction(fs.replay_dead_letters)
