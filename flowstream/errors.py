@@ -10,6 +10,7 @@ FlowstreamError
  │    └── StreamNotFoundError  the stream was deleted or disabled
  ├── SinkError              a sink that cannot be opened or cannot deliver
  │    └── DeliveryError     an item the destination did not take (retryable or not)
+ │         └── NotSentError an item a sink held back behind an earlier failure
  ├── CheckpointError        a checkpoint store that cannot load or save
  └── ShardStoppedError      a drained run in which one or more shards stopped at a failure
 ```
@@ -28,6 +29,7 @@ __all__ = [
     "AttributeValueError",
     "CheckpointError",
     "DeliveryError",
+    "NotSentError",
     "FlowstreamError",
     "PipelineError",
     "RecordDecodeError",
@@ -106,6 +108,15 @@ class DeliveryError(SinkError):
         self.status = status
         self.code = code
         self.retry_after = retry_after
+
+
+class NotSentError(DeliveryError):
+    """A sink did not try to send this item: an earlier item of the batch (or of the
+    same key) failed, and the item waits behind it to keep order. The runtime sends it
+    again after the failing item, without counting an attempt against it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=True)
 
 
 class CheckpointError(FlowstreamError):

@@ -8,6 +8,7 @@ so every mistake that can be seen while building is reported there, as a
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine, Iterable
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, final, overload
 
 import anyio
@@ -23,7 +24,7 @@ from flowstream.plan import (
     callable_name,
     is_async_callable,
 )
-from flowstream.policy import RetryPolicy
+from flowstream.policy import FailurePolicy
 from flowstream.record import EventName, Record
 from flowstream.sinks.base import Sink
 from flowstream.sources.base import Source
@@ -97,7 +98,7 @@ class Pipeline(Generic[T]):
     _name: str | None
     _steps: tuple[Step, ...]
     _route: Route | None
-    _policy: RetryPolicy
+    _policy: FailurePolicy
 
     def __init__(self: Pipeline[Record], source: Source, *, name: str | None = None) -> None:
         if not isinstance(source, Source):
@@ -115,7 +116,7 @@ class Pipeline(Generic[T]):
         self._name = name
         self._steps = ()
         self._route = None
-        self._policy = RetryPolicy()
+        self._policy = FailurePolicy()
 
     # -- building ---------------------------------------------------------------------
 
@@ -154,10 +155,12 @@ class Pipeline(Generic[T]):
         predicate: Callable[[T], object] | None = None,
         *,
         events: Iterable[str] | str | None = None,
+        on_failure: FailurePolicy | None = None,
     ) -> Pipeline[T]:
         """Keep elements where `predicate(element)` is true (any truthy value; a sync or
         async function), and/or whose originating record's event name is in `events`
-        (also after a `map`)."""
+        (also after a `map`). `on_failure` overrides the pipeline's failure policy for
+        this step's predicate."""
         self._check_open("filter")
         if predicate is None and events is None:
             raise PipelineError(
@@ -171,6 +174,7 @@ class Pipeline(Generic[T]):
             predicate,
             names,
             is_async_callable(predicate) if predicate is not None else False,
+            self._step_policy(on_failure, "filter"),
         )
         return self._next(step)
 
@@ -202,25 +206,54 @@ class Pipeline(Generic[T]):
     # `async def` returning dict[str, Any] (the Any makes them ambiguous) and infers
     # Pipeline[Any]. A sync function returning some other awaitable gives that value.
     @overload
-    def map(self, fn: Callable[[T], Coroutine[Any, Any, U]]) -> Pipeline[U]: ...
+    def map(
+        self,
+        fn: Callable[[T], Coroutine[Any, Any, U]],
+        *,
+        on_failure: FailurePolicy | None = None,
+    ) -> Pipeline[U]: ...
     @overload
-    def map(self, fn: Callable[[T], U]) -> Pipeline[U]: ...
-    def map(self, fn: Callable[[T], Any]) -> Pipeline[Any]:
-        """Replace each element by `fn(element)` (a sync or async function)."""
+    def map(
+        self, fn: Callable[[T], U], *, on_failure: FailurePolicy | None = None
+    ) -> Pipeline[U]: ...
+    def map(
+        self, fn: Callable[[T], Any], *, on_failure: FailurePolicy | None = None
+    ) -> Pipeline[Any]:
+        """Replace each element by `fn(element)` (a sync or async function).
+        `on_failure` overrides the pipeline's failure policy for this step."""
         self._check_open("map")
         self._check_callable(fn, "map")
-        return self._next(Map(fn, is_async_callable(fn)))
+        return self._next(Map(fn, is_async_callable(fn), self._step_policy(on_failure, "map")))
 
     @overload
-    def flat_map(self, fn: Callable[[T], Coroutine[Any, Any, Iterable[U]]]) -> Pipeline[U]: ...
+    def flat_map(
+        self,
+        fn: Callable[[T], Coroutine[Any, Any, Iterable[U]]],
+        *,
+        on_failure: FailurePolicy | None = None,
+    ) -> Pipeline[U]: ...
     @overload
-    def flat_map(self, fn: Callable[[T], Iterable[U]]) -> Pipeline[U]: ...
-    def flat_map(self, fn: Callable[[T], Any]) -> Pipeline[Any]:
+    def flat_map(
+        self, fn: Callable[[T], Iterable[U]], *, on_failure: FailurePolicy | None = None
+    ) -> Pipeline[U]: ...
+    def flat_map(
+        self, fn: Callable[[T], Any], *, on_failure: FailurePolicy | None = None
+    ) -> Pipeline[Any]:
         """Replace each element by the elements of the iterable `fn(element)` returns
-        (none, one or many, in order)."""
+        (none, one or many, in order). `on_failure` overrides the pipeline's failure
+        policy for this step."""
         self._check_open("flat_map")
         self._check_callable(fn, "flat_map")
-        return self._next(FlatMap(fn, is_async_callable(fn)))
+        policy = self._step_policy(on_failure, "flat_map")
+        return self._next(FlatMap(fn, is_async_callable(fn), policy))
+
+    def _step_policy(self, policy: object, method: str) -> FailurePolicy | None:
+        if policy is None or isinstance(policy, FailurePolicy):
+            return policy
+        raise PipelineError(
+            f"{self._where(method)} got on_failure={policy!r}; give a policy for this "
+            "step, e.g. on_failure=fs.FailurePolicy(retries=0, dead_letter=sink)"
+        )
 
     def route(self, *whens: When, otherwise: Sink | Iterable[Sink] | None = None) -> Pipeline[T]:
         """End the pipeline: each element goes to the sinks of the first `fs.when()`
@@ -271,30 +304,31 @@ class Pipeline(Generic[T]):
         return self._next(route=Route((), sinks, fan_out=True))
 
     def on_failure(
-        self, *, retries: int = 3, backoff: tuple[float, float] = (0.1, 5.0)
+        self,
+        *,
+        retries: int = 3,
+        backoff: tuple[float, float] = (0.1, 5.0),
+        max_record_age: float | timedelta | None = None,
+        bisect: bool = True,
+        dead_letter: Sink | None = None,
     ) -> Pipeline[T]:
-        """How a failing record is handled: retried `retries` more times, each after an
-        exponential backoff with full jitter (`backoff=(base, cap)` seconds); if it still
-        fails, its shard stops just before it and the other shards go on. May come
-        anywhere in the chain, also after the end."""
-        where = ".on_failure()"
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise PipelineError(
-                f"{where} got retries={retries!r}; give a whole number of retries, 0 or more"
-            )
-        try:
-            base, cap = (float(x) for x in backoff)
-        except (TypeError, ValueError):
-            raise PipelineError(
-                f"{where} got backoff={backoff!r}; give (base, cap) in seconds, e.g. (0.1, 5.0)"
-            ) from None
-        if not (0 <= base <= cap) or cap != cap or cap == float("inf"):
-            raise PipelineError(
-                f"{where} got backoff={backoff!r}; base and cap must be finite seconds with "
-                "0 <= base <= cap, e.g. (0.1, 5.0)"
-            )
+        """The failure policy of every step and sink (see `fs.FailurePolicy`).
+
+        A failing record is retried `retries` more times after exponential backoff with
+        full jitter (`backoff=(base, cap)` seconds); a batch a sink fails as a whole is
+        split in halves to find the items to blame (`bisect`). A record that still fails,
+        or is older than `max_record_age`, goes to `dead_letter` with its full payload and
+        its shard goes on; without a dead-letter sink its shard stops just before it and
+        the other shards go on. May come anywhere in the chain, also after the end."""
+        policy = FailurePolicy(
+            retries,
+            backoff,
+            max_record_age,  # type: ignore[arg-type]  # a timedelta is converted
+            bisect,
+            dead_letter,
+        )
         new = self._next(route=self._route)
-        new._policy = RetryPolicy(retries, (base, cap))
+        new._policy = policy
         return new
 
     def with_source(self, source: Source) -> Pipeline[T]:
@@ -326,11 +360,13 @@ class Pipeline(Generic[T]):
         lines = [title, f"  source: {self._source.describe()}"]
         for n, step in enumerate(self._steps, start=1):
             lines.append(f"  {n}. {step.describe()}")
+            if step.policy is not None:
+                lines.append(f"       {step.policy.describe()}")
         if self._route is None:
             lines.append(f"  {len(self._steps) + 1}. (no end: add .route() or .to())")
         else:
             lines.append(f"  {len(self._steps) + 1}. {self._route.describe()}")
-        if self._policy != RetryPolicy():
+        if self._policy != FailurePolicy():
             lines.append(f"  {self._policy.describe()}")
         return "\n".join(lines)
 
@@ -346,7 +382,7 @@ class Pipeline(Generic[T]):
                 f"end, so its elements would go nowhere; make step {len(self._steps) + 1} "
                 ".to(sink, ...) or .route(fs.when(...), otherwise=...)"
             )
-        return Plan(self._steps, self._route)
+        return Plan(self._steps, self._route, self._policy)
 
     # -- running ------------------------------------------------------------------------
 
@@ -385,5 +421,4 @@ class Pipeline(Generic[T]):
             grace_period=grace_period,
             handle_signals=handle_signals,
             stop=stop,
-            policy=self._policy,
         )

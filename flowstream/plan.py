@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from types import CoroutineType
 from typing import Any
 
+from flowstream.policy import FailurePolicy
 from flowstream.record import EventName, Record
 from flowstream.sinks.base import Sink
 
@@ -53,6 +54,7 @@ class Filter:
     predicate: Callable[[Any], Any] | None
     events: frozenset[EventName] | None
     is_async: bool = False
+    policy: FailurePolicy | None = None
 
     def describe(self) -> str:
         parts = []
@@ -67,6 +69,7 @@ class Filter:
 class Map:
     fn: Callable[[Any], Any]
     is_async: bool = False
+    policy: FailurePolicy | None = None
 
     def describe(self) -> str:
         return f"map({callable_name(self.fn)})"
@@ -76,6 +79,7 @@ class Map:
 class FlatMap:
     fn: Callable[[Any], Any]
     is_async: bool = False
+    policy: FailurePolicy | None = None
 
     def describe(self) -> str:
         return f"flat_map({callable_name(self.fn)})"
@@ -116,11 +120,13 @@ Step = Filter | Map | FlatMap
 
 @dataclass(slots=True)
 class StepFailure:
-    """A user function raised: `record_index` is the first record held back."""
+    """A user function raised: `record_index` is the first record held back;
+    `position` is the step's index (the route's is the number of steps)."""
 
     record_index: int
     step: str
     error: BaseException
+    position: int = 0
 
 
 @dataclass(slots=True)
@@ -157,19 +163,50 @@ class Plan:
 
     steps: tuple[Step, ...]
     route: Route
+    policy: FailurePolicy = field(default_factory=FailurePolicy)
     sinks: list[Sink] = field(init=False)
+    #: `sinks`, then the dead-letter sinks that are not among them: what a run opens
+    all_sinks: list[Sink] = field(init=False)
     _routes: list[tuple[Callable[[Any], Any], list[int], bool]] = field(init=False)
     _otherwise: list[int] = field(init=False)
 
     def __post_init__(self) -> None:
         self.sinks = self.route.sinks()
         index = {id(sink): i for i, sink in enumerate(self.sinks)}
+        self.all_sinks = list(self.sinks)
+        for sink in self.dead_letter_sinks():
+            if id(sink) not in index:
+                self.all_sinks.append(sink)
         # A sink named twice in one route (`.to(s, s)`) still gets each element once.
         self._routes = [
             (pred, list(dict.fromkeys(index[id(s)] for s in sinks)), is_async)
             for pred, sinks, is_async in self.route.whens
         ]
         self._otherwise = list(dict.fromkeys(index[id(s)] for s in self.route.otherwise))
+
+    def policy_at(self, position: int) -> FailurePolicy:
+        """The failure policy of step `position`: its own, else the pipeline's."""
+        if position < len(self.steps):
+            own = self.steps[position].policy
+            if own is not None:
+                return own
+        return self.policy
+
+    def dead_letter_sinks(self) -> list[Sink]:
+        """Every dead-letter sink the policies name, each once."""
+        policies = [self.policy, *(step.policy for step in self.steps)]
+        seen: dict[int, Sink] = {}
+        for policy in policies:
+            if policy is not None and policy.dead_letter is not None:
+                seen.setdefault(id(policy.dead_letter), policy.dead_letter)
+        return list(seen.values())
+
+    def position_of(self, sink: Sink) -> int:
+        """The index of `sink` in `all_sinks` (and in a run's writers)."""
+        for i, candidate in enumerate(self.all_sinks):
+            if candidate is sink:
+                return i
+        raise ValueError(f"{sink.name} is not a sink of this plan")
 
     def step_label(self, position: int) -> str:
         if position == len(self.steps):
@@ -201,7 +238,7 @@ class Plan:
                 # Origins never decrease, so holding back the failing record and all
                 # after it is cutting a prefix; a later step can only fail earlier.
                 record_index = exc.origin
-                failure = StepFailure(record_index, self.step_label(position), exc.error)
+                failure = StepFailure(record_index, self.step_label(position), exc.error, position)
                 if isinstance(step, Filter):
                     filters.append((origins, exc.origins))
                 cut = bisect_left(exc.origins, record_index)
@@ -214,7 +251,7 @@ class Plan:
             except _ElementError as exc:
                 record_index = exc.origin
                 label = f"{self.step_label(len(self.steps))} {exc.where}"
-                failure = StepFailure(record_index, label, exc.error)
+                failure = StepFailure(record_index, label, exc.error, len(self.steps))
                 for i, (out_values, out_origins) in enumerate(outputs):
                     cut = bisect_left(out_origins, record_index)
                     outputs[i] = (out_values[:cut], out_origins[:cut])

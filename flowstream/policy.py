@@ -1,27 +1,129 @@
-"""The failure policy of a pipeline: how often and how patiently a failing record is
-retried before its shard stops (set with `Pipeline.on_failure()`)."""
+"""The failure policy: how a failing record is retried, isolated and, in the end, either
+dead-lettered (the shard goes on) or left where it is (its shard stops just before it).
+
+Set for a whole pipeline with `Pipeline.on_failure()`, or for one step with
+``.map(fn, on_failure=fs.FailurePolicy(...))``.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from flowstream.backoff import full_jitter
+from flowstream.errors import PipelineError
 
-__all__ = ["RetryPolicy"]
+if TYPE_CHECKING:
+    from flowstream.record import Record
+    from flowstream.sinks.base import Sink
+
+__all__ = ["FailurePolicy"]
 
 
 @dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """`retries` more attempts after the first, each after an exponential backoff with
-    full jitter between 0 and min(cap, base·2ⁿ⁻¹) seconds, `backoff=(base, cap)`."""
+class FailurePolicy:
+    """What happens to a record that fails (a user function raised for it, or a sink
+    reported it failed).
+
+    - `retries`: attempts after the first, each after an exponential backoff with full
+      jitter between 0 and min(cap, base·2ⁿ⁻¹) seconds, `backoff=(base, cap)`. An error
+      that says retrying cannot help (``retryable=False``, e.g. an HTTP 400) is not
+      retried.
+    - `bisect`: when a sink fails a whole batch without saying which item is to blame,
+      split the batch in halves and send them in order until the failing items stand
+      alone; every other item is delivered.
+    - `max_record_age`: seconds (or a timedelta); a record older than this (by its
+      approximate creation time) is dead-lettered without being processed or retried.
+      Needs `dead_letter`.
+    - `dead_letter`: a sink that receives a `DeadLetter` (the full record, the step,
+      the error and the attempts) for each record that failed for good; its shard then
+      goes on. Without one, the shard stops just before the record.
+    """
 
     retries: int = 3
     backoff: tuple[float, float] = (0.1, 5.0)
+    max_record_age: float | None = None
+    bisect: bool = True
+    dead_letter: Sink | None = None
+
+    def __post_init__(self) -> None:
+        _check(self)
 
     def delay(self, attempt: int) -> float:
         """The wait before retry number `attempt` (from 1)."""
         return full_jitter(attempt, *self.backoff)
 
+    def too_old(self, record: Record, now: datetime | None = None) -> bool:
+        """True when `record` is older than `max_record_age`."""
+        if self.max_record_age is None:
+            return False
+        created = record.approximate_creation_time
+        if created is None:
+            return False
+        now = now or datetime.now(UTC)
+        return (now - created).total_seconds() > self.max_record_age
+
     def describe(self) -> str:
         base, cap = self.backoff
-        return f"on failure: {self.retries} retries, backoff {base:g}-{cap:g}s, then stop the shard"
+        parts = [f"{self.retries} retries, backoff {base:g}-{cap:g}s"]
+        if not self.bisect:
+            parts.append("no bisect")
+        if self.max_record_age is not None:
+            parts.append(f"max record age {self.max_record_age:g}s")
+        end = (
+            f"dead-letter to {self.dead_letter.name}"
+            if self.dead_letter is not None
+            else "then stop the shard"
+        )
+        return f"on failure: {', '.join(parts)}, {end}"
+
+
+def _check(policy: FailurePolicy) -> None:
+    """Validate a policy when it is built; errors name the field and the fix."""
+    from flowstream.sinks.base import Sink
+
+    where = "on_failure"
+    retries = policy.retries
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise PipelineError(
+            f"{where} got retries={retries!r}; give a whole number of retries, 0 or more"
+        )
+    try:
+        base, cap = (float(x) for x in policy.backoff)
+    except (TypeError, ValueError):
+        raise PipelineError(
+            f"{where} got backoff={policy.backoff!r}; give (base, cap) in seconds, e.g. (0.1, 5.0)"
+        ) from None
+    if not (0 <= base <= cap) or cap != cap or cap == float("inf"):
+        raise PipelineError(
+            f"{where} got backoff={policy.backoff!r}; base and cap must be finite seconds "
+            "with 0 <= base <= cap, e.g. (0.1, 5.0)"
+        )
+    object.__setattr__(policy, "backoff", (base, cap))
+    age = policy.max_record_age
+    if age is not None:
+        if isinstance(age, timedelta):
+            age = age.total_seconds()
+        if isinstance(age, bool) or not isinstance(age, int | float) or not age > 0:
+            raise PipelineError(
+                f"{where} got max_record_age={policy.max_record_age!r}; give a positive "
+                "number of seconds or a timedelta, e.g. max_record_age=3600"
+            )
+        if age == float("inf"):
+            age = None
+        object.__setattr__(policy, "max_record_age", None if age is None else float(age))
+    if not isinstance(policy.bisect, bool):
+        raise PipelineError(f"{where} got bisect={policy.bisect!r}; give True or False")
+    if policy.dead_letter is not None and not isinstance(policy.dead_letter, Sink):
+        raise PipelineError(
+            f"{where} got dead_letter={type(policy.dead_letter).__name__}; give a sink "
+            "that takes the dead letters, e.g. sinks.jsonl('dead.jsonl') or sinks.sqs(url)"
+        )
+    if policy.max_record_age is not None and policy.dead_letter is None:
+        raise PipelineError(
+            f"{where} got max_record_age={policy.max_record_age:g} without dead_letter=; "
+            "records over the age go to the dead-letter sink, never silently away: give "
+            "dead_letter=sink, or drop old records on purpose with a filter on "
+            "record.approximate_creation_time"
+        )

@@ -33,6 +33,7 @@ class ShardReport(msgspec.Struct):
     dropped: int = 0
     delivered: int = 0
     failed: int = 0
+    dead_lettered: int = 0
     retries: int = 0
     checkpoint: str | None = None
     stopped_at: str | None = None
@@ -82,6 +83,11 @@ class RunReport(msgspec.Struct):
         return sum(s.failed for s in self.shards.values())
 
     @property
+    def dead_lettered(self) -> int:
+        """Records sent to a dead-letter sink (and acknowledged by it)."""
+        return sum(s.dead_lettered for s in self.shards.values())
+
+    @property
     def duration(self) -> float:
         if self.started is None or self.finished is None:
             return 0.0
@@ -95,7 +101,9 @@ class RunReport(msgspec.Struct):
         lines = [
             f"pipeline {self.pipeline!r}: {self.read} read, {self.filtered} filtered out, "
             f"{self.dropped} dropped by routing, {self.delivered} delivered, "
-            f"{self.failed} failed in {self.duration:.2f}s ({self.stop_reason or 'running'})"
+            f"{self.failed} failed"
+            + (f", {self.dead_lettered} dead-lettered" if self.dead_lettered else "")
+            + f" in {self.duration:.2f}s ({self.stop_reason or 'running'})"
         ]
         states: dict[str, int] = {}
         for shard in self.shards.values():

@@ -10,17 +10,17 @@ import pytest
 from aiobotocore.session import AioSession
 
 import flowstream as fs
-from flowstream.policy import RetryPolicy
+from flowstream.policy import FailurePolicy
 from flowstream.runtime.engine import run_pipeline
 from flowstream.sinks import Batch, SendResult, Sink
 
 #: Retries a test can wait for.
-FAST = RetryPolicy(retries=3, backoff=(0.01, 0.05))
+FAST = FailurePolicy(retries=3, backoff=(0.01, 0.05))
 RUN_TIMEOUT = 20.0
 
 
 async def drain(
-    pipeline: fs.Pipeline[Any], policy: RetryPolicy = FAST, *, name: str = "sink-test"
+    pipeline: fs.Pipeline[Any], policy: FailurePolicy = FAST, *, name: str = "sink-test"
 ) -> fs.RunReport:
     """`pipeline.run(drain=True)` with the retry policy `policy`, within RUN_TIMEOUT."""
     with anyio.fail_after(RUN_TIMEOUT):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import signal
 from contextlib import AsyncExitStack
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import anyio
@@ -21,7 +22,7 @@ from flowstream.checkpoints.base import SHARD_END, CheckpointStore
 from flowstream.checkpoints.memory import MemoryCheckpoints
 from flowstream.errors import ShardStoppedError
 from flowstream.plan import Plan
-from flowstream.policy import RetryPolicy
+from flowstream.policy import FailurePolicy
 from flowstream.report import RunReport, ShardState, SinkReport
 from flowstream.runtime.checkpointer import Checkpointer
 from flowstream.runtime.groups import first_error
@@ -46,8 +47,10 @@ async def run_pipeline(
     grace_period: float,
     handle_signals: bool,
     stop: anyio.Event | None = None,
-    policy: RetryPolicy | None = None,
+    policy: FailurePolicy | None = None,
 ) -> RunReport:
+    if policy is not None:
+        plan = replace(plan, policy=policy)
     engine = _Engine(
         plan,
         source,
@@ -57,7 +60,6 @@ async def run_pipeline(
         grace_period=grace_period,
         handle_signals=handle_signals,
         stop_event=stop,
-        policy=policy or RetryPolicy(),
     )
     async with anyio.create_task_group() as tg:
         tg.start_soon(engine.main)
@@ -99,7 +101,6 @@ class _Engine:
         grace_period: float,
         handle_signals: bool,
         stop_event: anyio.Event | None,
-        policy: RetryPolicy,
     ) -> None:
         self.plan = plan
         self.source = source
@@ -108,7 +109,6 @@ class _Engine:
         self.grace_period = grace_period
         self.handle_signals = handle_signals
         self.stop_event = stop_event
-        self.policy = policy
         self.report = RunReport(pipeline=name)
         self.finished = anyio.Event()
         self.error: BaseException | None = None
@@ -173,9 +173,10 @@ class _Engine:
                 store = await stack.enter_async_context(
                     self.store.open(report.pipeline, session.stream_id)
                 )
-                writers = [await stack.enter_async_context(s.open()) for s in self.plan.sinks]
+                sinks = self.plan.all_sinks
+                writers = [await stack.enter_async_context(s.open()) for s in sinks]
                 sink_reports = []
-                for sink in self.plan.sinks:
+                for sink in sinks:
                     stats = SinkReport(_unique(sink.name, report))
                     report.sinks[stats.name] = stats
                     sink_reports.append(stats)
@@ -193,7 +194,6 @@ class _Engine:
                 positions,
                 start=self.source.start,
                 drain=self.drain,
-                policy=self.policy,
             )
             self._scheduler = scheduler
             async with anyio.create_task_group() as tg:

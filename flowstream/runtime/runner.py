@@ -11,20 +11,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from flowstream.errors import SinkError
-from flowstream.plan import Plan, Processed, StepFailure
-from flowstream.policy import RetryPolicy
+from flowstream.deadletter import DeadLetter, Reason
+from flowstream.errors import NotSentError, SinkError
+from flowstream.plan import Plan, Processed
+from flowstream.policy import FailurePolicy
 from flowstream.record import Record
 from flowstream.report import ShardReport, ShardState, SinkReport
 from flowstream.runtime.checkpointer import Checkpointer
-from flowstream.sinks.base import Batch, SendResult, SinkWriter
-from flowstream.sources.base import Shard, ShardReader
+from flowstream.sinks.base import Batch, SendResult, Sink, SinkWriter
+from flowstream.sources.base import Page, Shard, ShardReader
 
 __all__ = ["ShardRunner"]
 
@@ -32,11 +33,36 @@ logger = logging.getLogger("flowstream")
 
 
 @dataclass(slots=True)
+class _Letter:
+    """A record to dead-letter: where it failed, why, and after how many attempts."""
+
+    record_index: int
+    step: str
+    reason: Reason
+    error: BaseException | None
+    attempts: int
+    first: datetime | None
+    last: datetime | None
+    sink: Sink
+
+
+@dataclass(slots=True)
+class _Stop:
+    """Where delivery stopped: `record_index` is the first record not done."""
+
+    record_index: int
+    step: str
+    error: BaseException
+    #: a stop came while waiting to retry: the record is not failed, just not done
+    interrupted: bool = False
+
+
+@dataclass(slots=True)
 class _Work:
-    """A page (or the part of it before a failure) ready to deliver.
+    """A page (or a part of it) ready to deliver.
 
     `records` is what the plan ran over; `done` is how many leading records are
-    finished once this is delivered.
+    finished once this is delivered and its `letters` are dead-lettered.
     """
 
     records: list[Record]
@@ -44,16 +70,8 @@ class _Work:
     done: int
     caught_up: bool = False
     ended: bool = False
-    stop: StepFailure | None = None
-
-
-@dataclass(slots=True)
-class _SinkFailure:
-    record_index: int
-    step: str
-    error: BaseException
-    #: a stop came while waiting to retry: the record is not failed, just not done
-    interrupted: bool = False
+    stop: _Stop | None = None
+    letters: list[_Letter] = field(default_factory=list)
 
 
 @dataclass
@@ -69,7 +87,8 @@ class ShardRunner:
     report: ShardReport
     checkpointer: Checkpointer
     drain: bool
-    policy: RetryPolicy
+    pipeline: str = ""
+    stream: str = ""
     _polling: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     _stopping: bool = False
     _stop_requested: anyio.Event = field(default_factory=anyio.Event)
@@ -102,39 +121,126 @@ class ShardRunner:
                 self.report.read += len(page.records)
                 if page.note:
                     self.report.notes.append(page.note)
-                records = page.records
-                attempt = 0
-                while True:
-                    processed = await self.plan.process(records)
-                    failure = processed.failure
-                    if failure is None:
-                        await send.send(
-                            _Work(records, processed, len(records), page.caught_up, page.ended)
-                        )
-                        break
-                    # Deliver what came before the failing record, then retry from it.
-                    await send.send(_Work(records, processed, failure.record_index))
-                    if failure.record_index > 0:
-                        attempt = 0  # a new failing record: it gets its own retries
-                    records = records[failure.record_index :]
-                    if attempt >= self.policy.retries:
-                        await send.send(_Work(records, _EMPTY, 0, stop=failure))
-                        return
-                    attempt += 1
-                    self.report.retries += 1
-                    logger.warning(
-                        "shard %s: %s failed on record %s (%s: %s); retry %d of %d",
-                        self.shard.shard_id,
-                        failure.step,
-                        records[0].sequence_number,
-                        type(failure.error).__name__,
-                        failure.error,
-                        attempt,
-                        self.policy.retries,
-                    )
-                    await anyio.sleep(self.policy.delay(attempt))
+                if not await self._process_page(page, send):
+                    return  # stopped at a record that failed for good
                 if page.ended or (self.drain and page.caught_up):
                     return
+
+    async def _process_page(self, page: Page, send: MemoryObjectSendStream[_Work]) -> bool:
+        """Process a page; records over the age limit are dead-lettered unprocessed.
+        Returns False when the shard stops."""
+        records = page.records
+        policy = self.plan.policy
+        if not records or policy.max_record_age is None:
+            return await self._process(records, send, page.caught_up, page.ended)
+        now = datetime.now(UTC)
+        old = [policy.too_old(r, now) for r in records]
+        if not any(old):
+            return await self._process(records, send, page.caught_up, page.ended)
+        # Runs of old and young records, in order (creation times rise with sequence
+        # numbers, so this is usually an old prefix and a young rest).
+        start = 0
+        while start < len(records):
+            end = start + 1
+            while end < len(records) and old[end] == old[start]:
+                end += 1
+            run = records[start:end]
+            last = end == len(records)
+            caught_up, ended = page.caught_up and last, page.ended and last
+            if old[start]:
+                assert policy.dead_letter is not None  # checked when the policy was built
+                letters = [
+                    _Letter(
+                        k,
+                        "max_record_age",
+                        "max_record_age",
+                        None,
+                        0,
+                        None,
+                        None,
+                        policy.dead_letter,
+                    )
+                    for k in range(len(run))
+                ]
+                await send.send(_Work(run, _EMPTY, len(run), caught_up, ended, letters=letters))
+            elif not await self._process(run, send, caught_up, ended):
+                return False
+            start = end
+        return True
+
+    async def _process(
+        self,
+        records: list[Record],
+        send: MemoryObjectSendStream[_Work],
+        caught_up: bool,
+        ended: bool,
+    ) -> bool:
+        """Run the plan over `records`, retrying a record a user function fails on and
+        then dead-lettering it or stopping there. Returns False when the shard stops."""
+        attempts = 0
+        first: datetime | None = None
+        while True:
+            processed = await self.plan.process(records)
+            failure = processed.failure
+            if failure is None:
+                await send.send(_Work(records, processed, len(records), caught_up, ended))
+                return True
+            # Deliver what came before the failing record, then retry from it.
+            index = failure.record_index
+            if index > 0:
+                await send.send(_Work(records, processed, index))
+                attempts, first = 0, None  # a new failing record: it gets its own retries
+                records = records[index:]
+            attempts += 1
+            now = datetime.now(UTC)
+            first = first or now
+            policy = self.plan.policy_at(failure.position)
+            error = failure.error
+            retryable = _retryable(error)
+            too_old = policy.too_old(records[0], now)
+            if retryable and attempts <= policy.retries and not too_old:
+                self.report.retries += 1
+                logger.warning(
+                    "shard %s: %s failed on record %s (%s: %s); retry %d of %d",
+                    self.shard.shard_id,
+                    failure.step,
+                    records[0].sequence_number,
+                    type(error).__name__,
+                    error,
+                    attempts,
+                    policy.retries,
+                )
+                await anyio.sleep(policy.delay(attempts))
+                continue
+            if policy.dead_letter is None:
+                stop = _Stop(0, failure.step, error)
+                await send.send(_Work(records, _EMPTY, 0, stop=stop))
+                return False
+            reason: Reason = (
+                "max_record_age"
+                if too_old
+                else "retries_exhausted"
+                if retryable
+                else "not_retryable"
+            )
+            letter = _Letter(
+                0, failure.step, reason, error, attempts, first, now, policy.dead_letter
+            )
+            rest = records[1:]
+            self.report.failed += 1
+            await send.send(
+                _Work(
+                    records[:1],
+                    _EMPTY,
+                    1,
+                    caught_up and not rest,
+                    ended and not rest,
+                    letters=[letter],
+                )
+            )
+            if not rest:
+                return True
+            records, attempts, first = rest, 0, None
 
     # -- consumer: deliver and acknowledge ----------------------------------------------
 
@@ -143,21 +249,28 @@ class ShardRunner:
             if self._stopping:
                 break  # left unacknowledged: the next run reads it again
             if work.stop is not None:
-                return self._stopped(work.records, 0, work.stop.step, work.stop.error, 1)
-            failure = await self._deliver(work)
-            if failure is not None:
-                # count what was settled before the failing record; the rest is read again
-                filtered, dropped = work.processed.counts_before(failure.record_index)
+                return self._stopped(work.records, work.stop, 1)
+            stop, letters = await self._deliver(work)
+            letters = work.letters + letters
+            if stop is not None:
+                letters = [x for x in letters if x.record_index < stop.record_index]
+            if letters:
+                letter_stop = await self._dead_letter(work.records, letters)
+                if letter_stop is not None and (
+                    stop is None or letter_stop.record_index < stop.record_index
+                ):
+                    stop = letter_stop
+            if stop is not None:
+                # count what was settled before the stop; the rest is read again
+                filtered, dropped = work.processed.counts_before(stop.record_index)
                 self.report.filtered += filtered
                 self.report.dropped += dropped
-                if failure.interrupted:
-                    if failure.record_index:
-                        done = work.records[failure.record_index - 1].sequence_number
+                if stop.interrupted:
+                    if stop.record_index:
+                        done = work.records[stop.record_index - 1].sequence_number
                         self.checkpointer.advance(self.shard.shard_id, done)
                     return ShardState.INTERRUPTED
-                return self._stopped(
-                    work.records, failure.record_index, failure.step, failure.error, 0
-                )
+                return self._stopped(work.records, stop, 0)
             p = work.processed
             self.report.filtered += p.filtered
             self.report.dropped += p.dropped
@@ -172,103 +285,338 @@ class ShardRunner:
                 return ShardState.CAUGHT_UP
         return ShardState.INTERRUPTED
 
-    def _stopped(
-        self,
-        records: list[Record],
-        index: int,
-        step: str,
-        error: BaseException,
-        failed: int,
-    ) -> ShardState:
+    def _stopped(self, records: list[Record], stop: _Stop, failed: int) -> ShardState:
+        index = stop.record_index
         if index:
             self.checkpointer.advance(self.shard.shard_id, records[index - 1].sequence_number)
         record = records[index]
         self.report.failed += failed
         self.report.stopped_at = record.sequence_number
-        self.report.error = f"{step}: {type(error).__name__}: {error}"
+        self.report.error = f"{stop.step}: {type(stop.error).__name__}: {stop.error}"
         logger.error(
-            "shard %s stopped at record %s after %d retries: %s",
+            "shard %s stopped at record %s: %s",
             self.shard.shard_id,
             record.sequence_number,
-            self.policy.retries,
             self.report.error,
         )
         return ShardState.STOPPED
 
-    async def _deliver(self, work: _Work) -> _SinkFailure | None:
+    async def _deliver(self, work: _Work) -> tuple[_Stop | None, list[_Letter]]:
+        """Deliver a page's outputs to their sinks, concurrently; return the earliest
+        stop and the records to dead-letter."""
         jobs = [(i, out) for i, out in enumerate(work.processed.outputs) if out[0]]
         if not jobs:
-            return None
+            return None, []
         records = work.records
-        if len(jobs) == 1:
-            i, (values, origins) = jobs[0]
-            return await self._send(i, values, origins, [records[o] for o in origins])
-        failures: list[_SinkFailure] = []
+        policy = self.plan.policy
         # Sinks of a fan-out share one origins list: look their records up once a page.
         looked_up: dict[int, list[Record]] = {}
-
-        async def send_one(i: int, values: list[Any], origins: list[int]) -> None:
+        deliveries: list[_Delivery] = []
+        for i, (values, origins) in jobs:
             of = looked_up.get(id(origins))
             if of is None:
                 of = looked_up[id(origins)] = [records[o] for o in origins]
-            failure = await self._send(i, values, origins, of)
-            if failure is not None:
-                failures.append(failure)
+            batch = Batch(self.shard.shard_id, values, of)
+            step = f"sink {self.sink_reports[i].name}"
+            deliveries.append(_Delivery(self, i, batch, origins, policy, step))
+        if len(deliveries) == 1:
+            await deliveries[0].run()
+        else:
+            async with anyio.create_task_group() as tg:
+                for delivery in deliveries:
+                    tg.start_soon(delivery.run)
+        stops = [d.stop for d in deliveries if d.stop is not None]
+        letters = [x for d in deliveries for x in d.letters]
+        return min(stops, key=lambda s: s.record_index) if stops else None, letters
 
+    async def _dead_letter(self, records: list[Record], letters: list[_Letter]) -> _Stop | None:
+        """Send each record's dead letter (one per record, its first failure) to its
+        dead-letter sink; return where that failed, if it did."""
+        by_record: dict[int, _Letter] = {}
+        for letter in sorted(letters, key=lambda x: x.record_index):
+            by_record.setdefault(letter.record_index, letter)
+        by_sink: dict[int, list[_Letter]] = {}
+        for letter in by_record.values():
+            by_sink.setdefault(self.plan.position_of(letter.sink), []).append(letter)
+        policy = replace(self.plan.policy, dead_letter=None, max_record_age=None)
+        deliveries: list[_Delivery] = []
+        for i, group in by_sink.items():
+            values = [
+                DeadLetter.of(
+                    records[x.record_index],
+                    pipeline=self.pipeline,
+                    stream=self.stream,
+                    step=x.step,
+                    reason=x.reason,
+                    error=x.error,
+                    attempts=x.attempts,
+                    first_failure=x.first,
+                    last_failure=x.last,
+                )
+                for x in group
+            ]
+            origins = [x.record_index for x in group]
+            batch = Batch(self.shard.shard_id, values, [records[o] for o in origins])
+            step = f"dead-letter sink {self.sink_reports[i].name}"
+            deliveries.append(_Delivery(self, i, batch, origins, policy, step))
         async with anyio.create_task_group() as tg:
-            for i, (values, origins) in jobs:
-                tg.start_soon(send_one, i, values, origins)
-        return min(failures, key=lambda f: f.record_index) if failures else None
+            for delivery in deliveries:
+                tg.start_soon(delivery.run)
+        stops = [d.stop for d in deliveries if d.stop is not None]
+        stop = min(stops, key=lambda s: s.record_index) if stops else None
+        for letter in by_record.values():
+            if stop is None or letter.record_index < stop.record_index:
+                self.report.dead_lettered += 1
+                logger.warning(
+                    "shard %s: record %s dead-lettered (%s at %s)",
+                    self.shard.shard_id,
+                    records[letter.record_index].sequence_number,
+                    letter.reason,
+                    letter.step,
+                )
+        return stop
 
-    async def _send(
-        self, i: int, values: list[Any], origins: list[int], records: list[Record]
-    ) -> _SinkFailure | None:
-        """Deliver to sink `i` (`records[k]` is where `values[k]` came from), retrying
-        only the items that failed."""
-        writer, stats = self.writers[i], self.sink_reports[i]
-        batch = Batch(self.shard.shard_id, values, records)
-        attempt = 0
+    async def wait_to_retry(self, delay: float) -> bool:
+        """Wait `delay` seconds; False when a stop came first."""
+        with anyio.move_on_after(delay):
+            await self._stop_requested.wait()
+        return not self._stop_requested.is_set()
+
+
+@dataclass(slots=True)
+class _Tries:
+    """How an item has failed so far: every failed call it was in (`attempts`), and
+    those that count against its retries (`alone`: all but the calls made to bisect)."""
+
+    attempts: int = 0
+    alone: int = 0
+    first: datetime | None = None
+    last: datetime | None = None
+
+    def fail(self, now: datetime) -> None:
+        self.attempts += 1
+        self.first = self.first or now
+        self.last = now
+
+
+class _Delivery:
+    """Delivers one batch to one sink under a failure policy, keeping the shard's order.
+
+    Failed items are retried before anything after them is sent, so no item reaches
+    the sink ahead of an earlier item still being retried. A batch the sink fails as a
+    whole (it raised, or gave every item the same error) is retried as a whole, then
+    split in halves, sent in order, until the items to blame stand alone (`bisect`).
+    An item that fails for good is dead-lettered (and the rest goes on), or, without a
+    dead-letter sink, ends the delivery just before it (`stop`).
+    """
+
+    __slots__ = (
+        "_final",
+        "_given_up",
+        "_tries",
+        "batch",
+        "index",
+        "letters",
+        "limit",
+        "origins",
+        "policy",
+        "runner",
+        "stats",
+        "step",
+        "stop",
+        "writer",
+    )
+
+    def __init__(
+        self,
+        runner: ShardRunner,
+        index: int,
+        batch: Batch,
+        origins: list[int],
+        policy: FailurePolicy,
+        step: str,
+    ) -> None:
+        self.runner = runner
+        self.index = index
+        self.writer = runner.writers[index]
+        self.stats = runner.sink_reports[index]
+        self.batch = batch
+        self.origins = origins
+        self.policy = policy
+        self.step = step
+        self.letters: list[_Letter] = []
+        self.stop: _Stop | None = None
+        #: items from this index on are not sent (they are behind a stop)
+        self.limit = len(batch)
+        self._tries: dict[int, _Tries] = {}
+        self._given_up: set[int] = set()
+        #: errors of a SendResult(retryable=False): none of them can be retried
+        self._final: set[int] = set()
+
+    async def run(self) -> None:
+        await self._deliver(None, bisecting=False)
+
+    async def _deliver(self, items: list[int] | None, *, bisecting: bool) -> bool:
+        """Deliver `items` (None: the whole batch); False when a stop interrupted."""
+        pending = items
+        retries = self.policy.retries
+        batch_failures = 0
         while True:
-            stats.batches += 1
-            retryable = True
-            try:
-                result = await writer.send(batch)
-            except Exception as exc:
-                failed: dict[int, BaseException] = dict.fromkeys(range(len(batch)), exc)
-            else:
-                failed, retryable = _outcome(result, len(batch), stats.name)
-            delivered = len(batch) - len(failed)
-            stats.delivered += delivered
-            self.report.delivered += delivered
+            if pending is not None:
+                pending = [k for k in pending if k < self.limit and k not in self._given_up]
+                if not pending:
+                    return True
+            failed = await self._call(pending)
             if not failed:
-                return None
-            first = min(failed)
-            # The earliest failure decides: later items wait behind it either way.
-            retryable = retryable and getattr(failed[first], "retryable", True) is not False
-            if not retryable or attempt >= self.policy.retries:
-                stats.failed += len(failed)
-                self.report.failed += len(failed)
-                return _SinkFailure(origins[first], f"sink {stats.name}", failed[first])
-            attempt += 1
-            self.report.retries += 1
-            logger.warning(
-                "shard %s: sink %s failed %d of %d item(s) (%s: %s); retry %d of %d",
-                self.shard.shard_id,
-                stats.name,
-                len(failed),
-                len(batch),
-                type(failed[first]).__name__,
-                failed[first],
-                attempt,
-                self.policy.retries,
+                return True
+            order = sorted(failed)
+            real = [k for k in order if not isinstance(failed[k], NotSentError)] or order
+            now = datetime.now(UTC)
+            for k in real:
+                self._tries.setdefault(k, _Tries()).fail(now)
+            first = real[0]
+            error = failed[first]
+            group = [k for k in real if failed[k] is error]
+            if len(group) > 1:
+                # The sink could not say which items are to blame.
+                batch_failures += 1
+                if not bisecting:
+                    # a failed call counts against each item's retries; a call made
+                    # only to find the item to blame does not
+                    for k in group:
+                        self._tries[k].alone += 1
+                if (
+                    not bisecting
+                    and self._retryable(first, error)
+                    and batch_failures <= retries
+                    and not self._too_old(first, now)
+                ):
+                    if not await self._wait(batch_failures, [error], len(group), order):
+                        return False
+                    pending = order
+                    continue
+                grouped = set(group)
+                if self.policy.bisect:
+                    mid = len(group) // 2
+                    for half in (group[:mid], group[mid:]):
+                        if not await self._deliver(half, bisecting=True):
+                            return False
+                else:
+                    for k in group:
+                        self._give_up(k, error, now)
+                pending = [k for k in order if k not in grouped]
+                continue
+            retrying: list[int] = []
+            for k in real:
+                tries = self._tries[k]
+                tries.alone += 1
+                if (
+                    self._retryable(k, failed[k])
+                    and tries.alone <= retries
+                    and not self._too_old(k, now)
+                ):
+                    retrying.append(k)
+                else:
+                    self._give_up(k, failed[k], now)
+            pending = [k for k in order if k not in self._given_up and k < self.limit]
+            retrying = [k for k in retrying if k < self.limit]
+            if retrying:
+                attempt = max(self._tries[k].alone for k in retrying)
+                if not await self._wait(
+                    attempt, [failed[k] for k in retrying], len(retrying), pending
+                ):
+                    return False
+
+    async def _call(self, items: list[int] | None) -> dict[int, BaseException]:
+        """Send `items` once; return the failed ones (batch indices) and their errors."""
+        batch = self.batch if items is None else self.batch.subset(items)
+        stats = self.stats
+        stats.batches += 1
+        try:
+            result = await self.writer.send(batch)
+        except Exception as exc:
+            failed: dict[int, BaseException] = dict.fromkeys(range(len(batch)), exc)
+        else:
+            failed, retryable = _outcome(result, len(batch), stats.name)
+            if not retryable:
+                self._final.update(id(e) for e in failed.values())
+        delivered = len(batch) - len(failed)
+        stats.delivered += delivered
+        if not self.step.startswith("dead-letter"):
+            self.runner.report.delivered += delivered
+        if items is None or not failed:
+            return failed
+        return {items[j]: e for j, e in failed.items()}
+
+    def _retryable(self, k: int, error: BaseException) -> bool:
+        return id(error) not in self._final and _retryable(error)
+
+    def _too_old(self, k: int, now: datetime) -> bool:
+        return self.policy.too_old(self.batch.records[k], now)
+
+    def _give_up(self, k: int, error: BaseException, now: datetime) -> None:
+        if k in self._given_up or k >= self.limit:
+            return
+        self._given_up.add(k)
+        self.stats.failed += 1
+        tries = self._tries.get(k) or _Tries()
+        sink = self.policy.dead_letter
+        if sink is None:
+            self.limit = k
+            self.stop = _Stop(self.origins[k], self.step, error)
+            return
+        self.runner.report.failed += 1
+        reason: Reason = (
+            "max_record_age"
+            if self._too_old(k, now)
+            else "retries_exhausted"
+            if self._retryable(k, error)
+            else "not_retryable"
+        )
+        self.letters.append(
+            _Letter(
+                self.origins[k],
+                self.step,
+                reason,
+                error,
+                tries.alone,
+                tries.first,
+                tries.last,
+                sink,
             )
-            keep = sorted(failed)
-            batch = batch.subset(keep)
-            origins = [origins[k] for k in keep]
-            with anyio.move_on_after(_retry_delay(self.policy.delay(attempt), failed.values())):
-                await self._stop_requested.wait()
-            if self._stop_requested.is_set():
-                return _SinkFailure(origins[0], f"sink {stats.name}", failed[first], True)
+        )
+
+    async def _wait(
+        self, attempt: int, errors: list[BaseException], count: int, pending: list[int]
+    ) -> bool:
+        """Back off before retry `attempt`; False (and an interrupted stop at the first
+        pending item) when a stop came first."""
+        runner = self.runner
+        runner.report.retries += 1
+        error = errors[0]
+        logger.warning(
+            "shard %s: %s failed %d of %d item(s) (%s: %s); retry %d of %d",
+            runner.shard.shard_id,
+            self.step,
+            count,
+            len(self.batch),
+            type(error).__name__,
+            error,
+            attempt,
+            self.policy.retries,
+        )
+        if await runner.wait_to_retry(_retry_delay(self.policy.delay(attempt), errors)):
+            return True
+        first = pending[0] if pending else 0
+        stop = _Stop(self.origins[first], self.step, error, interrupted=True)
+        if self.stop is None or stop.record_index < self.stop.record_index:
+            self.stop = stop
+        return False
+
+
+def _retryable(error: BaseException) -> bool:
+    """Whether retrying can help: unless the error says otherwise, it may."""
+    return getattr(error, "retryable", True) is not False
 
 
 def _outcome(result: object, size: int, sink: str) -> tuple[dict[int, BaseException], bool]:

@@ -18,7 +18,6 @@ from anyio.abc import TaskGroup
 from flowstream.checkpoints.base import SHARD_END
 from flowstream.errors import CheckpointError, StreamNotFoundError
 from flowstream.plan import Plan
-from flowstream.policy import RetryPolicy
 from flowstream.report import RunReport, ShardReport, ShardState, SinkReport
 from flowstream.runtime.checkpointer import Checkpointer
 from flowstream.runtime.groups import first_error
@@ -55,7 +54,6 @@ class Scheduler:
         *,
         start: Position,
         drain: bool,
-        policy: RetryPolicy,
     ) -> None:
         self._session = session
         self._plan = plan
@@ -66,7 +64,6 @@ class Scheduler:
         self._positions = positions
         self._start = start
         self._drain = drain
-        self._policy = policy
         self._known: dict[str, Shard] = {}
         # Start positions of shards first seen on the initial discovery (None: skipped).
         self._start_positions: dict[str, Position | None] = {}
@@ -233,7 +230,8 @@ class Scheduler:
             stats,
             self._checkpointer,
             self._drain,
-            self._policy,
+            pipeline=self._report.pipeline,
+            stream=self._report.stream,
         )
         self._runners[shard.shard_id] = runner
         tg.start_soon(self._run_runner, runner)

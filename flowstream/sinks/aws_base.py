@@ -18,7 +18,7 @@ from flowstream.aws import (
     error_message,
     is_retryable,
 )
-from flowstream.errors import DeliveryError, FlowstreamError, SinkError
+from flowstream.errors import DeliveryError, FlowstreamError, NotSentError, SinkError
 from flowstream.serialize import SerializationError
 from flowstream.sinks.base import SendResult, Sink, SinkWriter
 
@@ -106,10 +106,9 @@ class OrderedFailures:
             if self._stopped is not None:
                 self.failed[i] = self._stopped
             elif self._keys[i] in self._blocked:
-                self.failed[i] = DeliveryError(
+                self.failed[i] = NotSentError(
                     f"sink {self._sink}: held back because an earlier item of the same key "
-                    "failed; it is sent after that one, to keep the key's order",
-                    retryable=True,
+                    "failed; it is sent after that one, to keep the key's order"
                 )
             else:
                 send.append(i)

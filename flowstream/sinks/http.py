@@ -31,7 +31,7 @@ from botocore.awsrequest import AWSRequest
 from yarl import URL
 
 from flowstream.aws import configuration_error
-from flowstream.errors import DeliveryError, FlowstreamError, SinkError
+from flowstream.errors import DeliveryError, FlowstreamError, NotSentError, SinkError
 from flowstream.record import Record
 from flowstream.serialize import SerializationError, to_bytes
 from flowstream.sinks.base import Batch, SendResult, Sink, SinkWriter
@@ -410,11 +410,8 @@ def _check_headers(
 # -- the writer -----------------------------------------------------------------------------
 
 
-def _not_sent() -> DeliveryError:
-    return DeliveryError(
-        "not sent: an earlier item of its batch failed, and items go out in order",
-        retryable=True,
-    )
+def _not_sent() -> NotSentError:
+    return NotSentError("not sent: an earlier item of its batch failed, and items go out in order")
 
 
 def _item_keys(records: list[Record]) -> list[str]:

@@ -18,7 +18,7 @@ from flowstream import checkpoints, sinks
 from flowstream.checkpoints.base import CheckpointSession, CheckpointStore
 from flowstream.checkpoints.sqlite import SqliteCheckpoints
 from flowstream.errors import SinkError, SourceError
-from flowstream.policy import RetryPolicy
+from flowstream.policy import FailurePolicy
 from flowstream.runtime.engine import run_pipeline
 from flowstream.sinks.base import Sink, SinkWriter
 from flowstream.sources.base import Position, Shard, ShardReader, Source, StreamSession
@@ -263,7 +263,7 @@ class TestSinkAndUserFunctionFailures:
                 drain=True,
                 grace_period=10,
                 handle_signals=False,
-                policy=RetryPolicy(retries=1, backoff=(0.0, 0.0)),
+                policy=FailurePolicy(retries=1, backoff=(0.0, 0.0)),
             )
         stats = caught.value.report.shards[bad]
         assert stats.stopped_at == poison.sequence_number

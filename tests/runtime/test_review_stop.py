@@ -23,7 +23,7 @@ import flowstream as fs
 from flowstream import checkpoints, sinks
 from flowstream.checkpoints.base import SHARD_END, CheckpointSession, CheckpointStore
 from flowstream.checkpoints.sqlite import SqliteCheckpoints
-from flowstream.policy import RetryPolicy
+from flowstream.policy import FailurePolicy
 from flowstream.runtime.engine import run_pipeline
 from flowstream.sinks.base import Batch, SendResult, SimpleSink
 from flowstream.sources.base import Position, Shard, ShardReader, Source, StreamSession
@@ -245,7 +245,7 @@ class TestStopWhileWorking:
                     grace_period=60,
                     handle_signals=False,
                     stop=stop,
-                    policy=RetryPolicy(retries=5, backoff=(30.0, 30.0)),
+                    policy=FailurePolicy(retries=5, backoff=(30.0, 30.0)),
                 )
             )
 
@@ -296,7 +296,7 @@ class TestStopWhileWorking:
                     grace_period=60,
                     handle_signals=False,
                     stop=stop,
-                    policy=RetryPolicy(retries=5, backoff=(30.0, 30.0)),
+                    policy=FailurePolicy(retries=5, backoff=(30.0, 30.0)),
                 )
             )
 

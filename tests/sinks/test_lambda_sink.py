@@ -43,7 +43,7 @@ from sink_support import drain, new_session, send
 
 import flowstream as fs
 from flowstream.errors import DeliveryError, ShardStoppedError, SinkError
-from flowstream.policy import RetryPolicy
+from flowstream.policy import FailurePolicy
 from flowstream.sinks import Batch
 from flowstream.sinks.lambda_function import MAX_PAYLOAD, lambda_function
 from flowstream.testing import MemoryStream
@@ -360,7 +360,7 @@ class TestFailures:
     async def test_a_function_error_is_retried_then_stops_the_shard(self, moto_url: str) -> None:
         create_function(moto_url)
         sink = lambda_function(FUNCTION, invocation="RequestResponse", endpoint_url=moto_url)
-        policy = RetryPolicy(retries=2, backoff=(0.01, 0.02))
+        policy = FailurePolicy(retries=2, backoff=(0.01, 0.02))
         with pytest.raises(ShardStoppedError) as caught:
             await drain(fs.Pipeline(stream_of(1)).map(as_dict).to(sink), policy)
 

@@ -19,14 +19,14 @@ from moto_server import closed_port
 
 import flowstream as fs
 from flowstream.errors import DeliveryError, PipelineError
-from flowstream.policy import RetryPolicy
+from flowstream.policy import FailurePolicy
 from flowstream.record import Record
 from flowstream.runtime.engine import run_pipeline
 from flowstream.sinks import Batch, Sink
 from flowstream.sinks.redis import redis as redis_sink  # flowstream.sinks.redis
 from flowstream.testing import MemoryStream
 
-FAST = RetryPolicy(retries=2, backoff=(0.01, 0.05))
+FAST = FailurePolicy(retries=2, backoff=(0.01, 0.05))
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
         yield redis_client
 
 
-async def drain(pipeline: fs.Pipeline[Any], policy: RetryPolicy = FAST) -> fs.RunReport:
+async def drain(pipeline: fs.Pipeline[Any], policy: FailurePolicy = FAST) -> fs.RunReport:
     """`pipeline.run(drain=True)` with retries that do not make the test wait."""
     return await run_pipeline(
         pipeline.compile(),
