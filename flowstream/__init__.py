@@ -9,6 +9,7 @@ from flowstream.errors import AttributeValueError as AttributeValueError
 from flowstream.errors import CheckpointError as CheckpointError
 from flowstream.errors import DeliveryError as DeliveryError
 from flowstream.errors import FlowstreamError as FlowstreamError
+from flowstream.errors import NotSentError as NotSentError
 from flowstream.errors import PipelineError as PipelineError
 from flowstream.errors import RecordDecodeError as RecordDecodeError
 from flowstream.errors import ShardStoppedError as ShardStoppedError
@@ -19,6 +20,7 @@ from flowstream.errors import TrimmedDataError as TrimmedDataError
 from flowstream.pipeline import Pipeline as Pipeline
 from flowstream.pipeline import When as When
 from flowstream.pipeline import when as when
+from flowstream.policy import FailurePolicy as FailurePolicy
 from flowstream.record import EventName as EventName
 from flowstream.record import Record as Record
 from flowstream.record import StreamViewType as StreamViewType
@@ -37,7 +39,9 @@ __all__ = [
     "DeadLetter",
     "DeliveryError",
     "EventName",
+    "FailurePolicy",
     "FlowstreamError",
+    "NotSentError",
     "Pipeline",
     "PipelineError",
     "Record",

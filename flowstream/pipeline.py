@@ -354,6 +354,11 @@ class Pipeline(Generic[T]):
     def source(self) -> Source:
         return self._source
 
+    @property
+    def failure_policy(self) -> FailurePolicy:
+        """The pipeline's failure policy (`on_failure()`); steps may override it."""
+        return self._policy
+
     def describe(self) -> str:
         """A readable plan: the source, each step in order, and where elements go."""
         title = f"pipeline {self._name!r}" if self._name else "pipeline"

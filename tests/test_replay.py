@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import random
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ from sink_support import new_session
 
 import flowstream as fs
 from flowstream import sinks, sources
-from flowstream.deadletter import DEAD_LETTER_VERSION
+from flowstream.deadletter import DEAD_LETTER_VERSION, DeadLetter
 from flowstream.errors import RecordDecodeError, SourceError
 from flowstream.sinks.collect import CollectSink
 from flowstream.testing import MemoryStream
@@ -459,3 +459,33 @@ class TestFromSqs:
         for original in originals:
             assert_same_record(by_key[key_of(original)], original)
         assert report.read == len(originals)
+
+
+async def test_a_replay_delivers_records_older_than_max_record_age(tmp_path: Path) -> None:
+    """A dead letter is old by the time it is replayed; the replay must deliver it, not
+    dead-letter it again for its age."""
+    stream = MemoryStream()
+    shard = stream.add_shard()
+    old = datetime.now(UTC) - timedelta(days=2)
+    record = stream.put(shard, "INSERT", {"pk": "a"}, {"pk": "a"}, created_at=old)
+    letter = DeadLetter.of(
+        record,
+        pipeline="p",
+        stream=stream.stream_arn,
+        step="sink x",
+        reason="retries_exhausted",
+        error=ValueError("down"),
+        attempts=4,
+        first_failure=None,
+        last_failure=None,
+    )
+    out, again = sinks.collect(), sinks.collect()
+    pipeline = (
+        fs.Pipeline(stream, name="p")
+        .to(out)
+        .on_failure(max_record_age=3600, dead_letter=again, retries=0)
+    )
+    report = await fs.replay_dead_letters(pipeline, [letter])
+    assert [r.sequence_number for r in out.items] == [record.sequence_number]
+    assert again.items == []
+    assert report.dead_lettered == 0
