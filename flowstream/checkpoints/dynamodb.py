@@ -1,0 +1,591 @@
+"""A checkpoint store in a DynamoDB table: durable, shared by every machine that can reach it.
+
+One item per (pipeline, stream, shard): partition key ``pipeline_stream``, sort key
+``shard``. A later lease protocol adds owner and lease attributes to the same items, so
+saves update only the position attributes (UpdateItem, never a whole-item put).
+
+The never-backwards rule is the ConditionExpression of each write, so it holds for every
+writer of the table. Sequence numbers are decimal strings of up to 40 digits (more than
+a DynamoDB Number keeps exactly), so each item also holds ``position_order``, a string
+that sorts as the position does: the digit count in three digits, a colon and the
+digits, or ``SHARD_END``, which sorts after every digit.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any, Final, final
+
+import anyio
+import anyio.abc
+from aiobotocore.session import AioSession
+
+from flowstream.aws import (
+    configuration_error,
+    create_client,
+    error_code,
+    error_message,
+    is_retryable,
+)
+from flowstream.backoff import Backoff
+from flowstream.checkpoints.base import SHARD_END, CheckpointSession, CheckpointStore
+from flowstream.errors import CheckpointError
+
+__all__ = ["DynamoDBCheckpoints", "dynamodb"]
+
+logger = logging.getLogger("flowstream")
+
+#: The key schema of a checkpoint table (both strings).
+PARTITION_KEY: Final = "pipeline_stream"
+SORT_KEY: Final = "shard"
+
+_POSITION: Final = "position"
+_ORDER: Final = "position_order"
+_UPDATED_AT: Final = "updated_at"
+
+# DynamoDB's limits on key values (Developer Guide, "Service, account and table quotas").
+_MAX_PARTITION_KEY_BYTES: Final = 2048
+_MAX_SORT_KEY_BYTES: Final = 1024
+#: Digits of the longest position `position_order` can sort (three-digit count).
+_MAX_DIGITS: Final = 999
+_TABLE_NAME: Final = re.compile(r"[A-Za-z0-9_.-]{3,255}")
+
+#: How long opening waits for a new table to become ACTIVE.
+_ACTIVE_TIMEOUT: Final = 300.0
+_USABLE: Final = frozenset({"ACTIVE", "UPDATING"})
+_THROTTLED: Final = frozenset(
+    {"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"}
+)
+
+# Every save is one conditional update per shard; the position moves only forward, and
+# SHARD_END (which sorts after every "NNN:digits") is final. A missing position_order
+# (an item a lease wrote before any checkpoint) counts as nothing done yet.
+_UPDATE: Final = "SET #position = :position, #order = :order, #updated_at = :updated_at"
+_CONDITION: Final = "attribute_not_exists(#order) OR #order < :order"
+_NAMES: Final = {"#position": _POSITION, "#order": _ORDER, "#updated_at": _UPDATED_AT}
+
+
+@final
+class DynamoDBCheckpoints(CheckpointStore):
+    """Checkpoints in a DynamoDB table; build it with `checkpoints.dynamodb(table)`."""
+
+    def __init__(
+        self,
+        table: str,
+        *,
+        create: bool,
+        endpoint_url: str | None,
+        region: str | None,
+        session: AioSession | None,
+        flush_interval: float,
+        timeout: float,
+        max_connections: int,
+    ) -> None:
+        self.table = table
+        self.create = create
+        self.endpoint_url = endpoint_url
+        self.region = region
+        self.session = session
+        self.flush_interval = flush_interval
+        self.timeout = timeout
+        self.max_connections = max_connections
+
+    def describe(self) -> str:
+        return f"dynamodb({self.table})"
+
+    def open(self, pipeline: str, stream_id: str) -> AbstractAsyncContextManager[CheckpointSession]:
+        return self._open(pipeline, stream_id)
+
+    @asynccontextmanager
+    async def _open(self, pipeline: str, stream_id: str) -> AsyncIterator[CheckpointSession]:
+        key = partition_key(pipeline, stream_id)
+        if len(key.encode()) > _MAX_PARTITION_KEY_BYTES:
+            raise CheckpointError(
+                f"{self.describe()}: pipeline name and stream id together are "
+                f"{len(key.encode())} bytes, over DynamoDB's {_MAX_PARTITION_KEY_BYTES}-byte "
+                "limit for a partition key; use a shorter pipeline name"
+            )
+        stack = AsyncExitStack()
+        try:
+            try:
+                client = await stack.enter_async_context(
+                    create_client(
+                        "dynamodb",
+                        session=self.session,
+                        region=self.region,
+                        endpoint_url=self.endpoint_url,
+                        max_connections=self.max_connections,
+                    )
+                )
+            except Exception as exc:
+                raise self._error("cannot open the checkpoint table", exc) from None
+            await _Table(self, client).ensure()
+            session = _DynamoDBSession(self, client, key)
+            try:
+                yield session
+            finally:
+                session.closed = True
+        finally:
+            # Close the client even when the run is being cancelled: an interrupted close
+            # leaves aiohttp's session and connections open until garbage collection.
+            with anyio.CancelScope(shield=True):
+                await stack.aclose()
+
+    def _where(self, client: Any) -> str:
+        where = f" at {self.endpoint_url}" if self.endpoint_url else ""
+        return f"{client.meta.region_name}{where}"
+
+    def _error(
+        self, doing: str, exc: BaseException, *, action: str | None = None
+    ) -> CheckpointError:
+        """Translate a botocore error into a CheckpointError that names the table and the
+        fix; `action` is the IAM action of the call, named when access is denied."""
+        if isinstance(exc, CheckpointError):
+            return exc
+        setup = configuration_error(
+            exc,
+            CheckpointError,
+            what=f"DynamoDB (checkpoint table {self.table!r})",
+            endpoint_url=self.endpoint_url,
+        )
+        if setup is not None:
+            message = str(setup)
+            if action is not None and "refused the credentials" in message:
+                message += f"; the checkpoint store needs dynamodb:{action} on the table"
+            return CheckpointError(f"{self.describe()}: {doing}: {message}")
+        code = error_code(exc) or type(exc).__name__
+        return CheckpointError(
+            f"{self.describe()}: {doing}: {code}: {error_message(exc)}"
+            + _fix_for(code, is_retryable(exc), self.timeout)
+        )
+
+    def _timed_out(self, doing: str, last: BaseException | None) -> CheckpointError:
+        if last is None:
+            return CheckpointError(
+                f"{self.describe()}: {doing}: DynamoDB did not answer within "
+                f"timeout={self.timeout}s; check the endpoint, or pass a longer timeout="
+            )
+        error = self._error(doing, last)
+        return CheckpointError(f"{error} (still failing after retrying for {self.timeout}s)")
+
+
+def _fix_for(code: str, retryable: bool, timeout: float) -> str:
+    if code in _THROTTLED:
+        return (
+            "; the table's throughput is exceeded: raise its capacity (or use on-demand "
+            "capacity), write less often with a longer flush_interval=, or wait longer with "
+            "a longer timeout="
+        )
+    if code == "ResourceNotFoundException":
+        return "; the checkpoint table was deleted while in use: create it again, or run again"
+    if retryable:
+        return (
+            "; DynamoDB or the endpoint is unavailable: check endpoint_url= and region=, or "
+            f"wait longer than timeout={timeout}s with a longer timeout="
+        )
+    return ""
+
+
+class _Retry:
+    """What the retries of one load or save have seen: the last error, and whether a
+    retry was logged already (once per call of load or save, not once per shard)."""
+
+    __slots__ = ("last", "logged")
+
+    def __init__(self) -> None:
+        self.last: BaseException | None = None
+        self.logged = False
+
+
+async def _call(
+    store: DynamoDBCheckpoints,
+    client: Any,
+    operation: str,
+    params: dict[str, Any],
+    retry: _Retry,
+    *,
+    opening: bool = False,
+) -> Any:
+    """Call `operation`, retrying throttling, server errors and broken connections with
+    backoff and full jitter until the caller's deadline cancels it. While opening, a
+    setup problem (no credentials, an endpoint that cannot be reached) fails at once:
+    it must not look like a hang. Other errors are raised as botocore raised them."""
+    backoff = Backoff(base=0.05, cap=2.0)
+    method = getattr(client, operation)
+    while True:
+        try:
+            return await method(**params)
+        except Exception as exc:
+            if not is_retryable(exc) or (
+                opening
+                and configuration_error(exc, CheckpointError, what="", endpoint_url=None)
+                is not None
+            ):
+                raise
+            retry.last = exc
+            delay = backoff.next_delay()
+            if not retry.logged:
+                retry.logged = True
+                logger.warning(
+                    "checkpoint table %s: %s failed (%s); retrying with backoff for up to %ss",
+                    store.table,
+                    operation,
+                    error_code(exc) or type(exc).__name__,
+                    store.timeout,
+                )
+            await anyio.sleep(delay)
+
+
+class _Table:
+    """Opening: check that the table exists with the checkpoint key schema, or create it
+    and wait until it is ACTIVE."""
+
+    def __init__(self, store: DynamoDBCheckpoints, client: Any) -> None:
+        self._store = store
+        self._client = client
+        self._name = store.table
+
+    async def ensure(self) -> None:
+        store = self._store
+        table = await self._describe()
+        if table is None:
+            if not store.create:
+                raise CheckpointError(
+                    f"{store.describe()}: the checkpoint table {self._name!r} does not exist in "
+                    f"{store._where(self._client)}; pass create=True to let flowstream create "
+                    f"it, or create it with the partition key {PARTITION_KEY} (S) and the sort "
+                    f"key {SORT_KEY} (S), or check the table name and region="
+                )
+            table = await self._create()
+        self._check_schema(table)
+        await self._wait_until_active(table)
+
+    async def _describe(self) -> dict[str, Any] | None:
+        """The table's description, or None when it does not exist."""
+        try:
+            response = await self._request(
+                "describe_table",
+                {"TableName": self._name},
+                doing="cannot open the checkpoint table",
+                action="DescribeTable",
+                passing="ResourceNotFoundException",
+            )
+        except Exception as exc:
+            if error_code(exc) == "ResourceNotFoundException":
+                return None
+            raise
+        return dict(response["Table"])
+
+    async def _create(self) -> dict[str, Any]:
+        params = {
+            "TableName": self._name,
+            "KeySchema": [
+                {"AttributeName": PARTITION_KEY, "KeyType": "HASH"},
+                {"AttributeName": SORT_KEY, "KeyType": "RANGE"},
+            ],
+            "AttributeDefinitions": [
+                {"AttributeName": PARTITION_KEY, "AttributeType": "S"},
+                {"AttributeName": SORT_KEY, "AttributeType": "S"},
+            ],
+            "BillingMode": "PAY_PER_REQUEST",
+        }
+        try:
+            response = await self._request(
+                "create_table",
+                params,
+                doing="cannot create the checkpoint table",
+                action="CreateTable",
+                passing="ResourceInUseException",
+            )
+        except Exception as exc:
+            if error_code(exc) != "ResourceInUseException":
+                raise
+            # Another process created it between our DescribeTable and CreateTable.
+            table = await self._describe()
+            if table is None:
+                raise CheckpointError(
+                    f"{self._store.describe()}: the checkpoint table {self._name!r} is being "
+                    "deleted; wait until it is gone and run again, or use another table"
+                ) from None
+            return table
+        logger.info(
+            "created the checkpoint table %s in %s", self._name, self._store._where(self._client)
+        )
+        return dict(response["TableDescription"])
+
+    async def _request(
+        self, operation: str, params: dict[str, Any], *, doing: str, action: str, passing: str
+    ) -> Any:
+        """One call of opening, retried within the store's timeout. The error code
+        `passing` is raised as botocore raised it; every other error is a CheckpointError."""
+        retry = _Retry()
+        with anyio.move_on_after(self._store.timeout):
+            try:
+                return await _call(
+                    self._store, self._client, operation, params, retry, opening=True
+                )
+            except Exception as exc:
+                if error_code(exc) == passing:
+                    raise
+                raise self._store._error(doing, exc, action=action) from None
+        raise self._store._timed_out(doing, retry.last)
+
+    def _check_schema(self, table: Mapping[str, Any]) -> None:
+        keys = {k["AttributeName"]: k["KeyType"] for k in table.get("KeySchema", ())}
+        types = {
+            a["AttributeName"]: a["AttributeType"] for a in table.get("AttributeDefinitions", ())
+        }
+        expected = {PARTITION_KEY: "HASH", SORT_KEY: "RANGE"}
+        if keys == expected and all(types.get(name) == "S" for name in expected):
+            return
+        have = ", ".join(f"{name} ({types.get(name, '?')}, {kind})" for name, kind in keys.items())
+        raise CheckpointError(
+            f"{self._store.describe()}: table {self._name!r} in "
+            f"{self._store._where(self._client)} is not a checkpoint table: its key is {have}, "
+            f"but checkpoints need the partition key {PARTITION_KEY} (S) and the sort key "
+            f"{SORT_KEY} (S); pass the name of a new table (created on first use) or of a "
+            "table flowstream created"
+        )
+
+    async def _wait_until_active(self, table: Mapping[str, Any]) -> None:
+        deadline = anyio.current_time() + _ACTIVE_TIMEOUT
+        polls = 0
+        status = table.get("TableStatus", "ACTIVE")
+        while status not in _USABLE:
+            if status != "CREATING":
+                raise CheckpointError(
+                    f"{self._store.describe()}: the checkpoint table {self._name!r} is "
+                    f"{status}, so it cannot be used; wait until it is ACTIVE (or gone, and "
+                    "let flowstream create it again), or use another table"
+                )
+            if anyio.current_time() >= deadline:
+                raise CheckpointError(
+                    f"{self._store.describe()}: the checkpoint table {self._name!r} is still "
+                    f"CREATING after {_ACTIVE_TIMEOUT:.0f}s; check it in the AWS console and "
+                    "run again"
+                )
+            await anyio.sleep(min(2.0, 0.05 * 2**polls))
+            polls += 1
+            described = await self._describe()
+            if described is None:
+                raise CheckpointError(
+                    f"{self._store.describe()}: the checkpoint table {self._name!r} was "
+                    "deleted while flowstream waited for it to become ACTIVE; run again"
+                )
+            status = described.get("TableStatus", "ACTIVE")
+
+
+@final
+class _DynamoDBSession(CheckpointSession):
+    def __init__(self, store: DynamoDBCheckpoints, client: Any, key: str) -> None:
+        self._store = store
+        self._client = client
+        self._key = key
+        self.closed = False
+
+    async def load(self) -> dict[str, str]:
+        self._check_open()
+        retry = _Retry()
+        positions: dict[str, str] = {}
+        params: dict[str, Any] = {
+            "TableName": self._store.table,
+            "KeyConditionExpression": "#pk = :pk",
+            "ProjectionExpression": "#shard, #position",
+            "ExpressionAttributeNames": {
+                "#pk": PARTITION_KEY,
+                "#shard": SORT_KEY,
+                "#position": _POSITION,
+            },
+            "ExpressionAttributeValues": {":pk": {"S": self._key}},
+            # A position saved just before a restart must be seen by the next run.
+            "ConsistentRead": True,
+        }
+        with anyio.move_on_after(self._store.timeout) as scope:
+            try:
+                while True:
+                    page = await _call(self._store, self._client, "query", params, retry)
+                    for item in page.get("Items", ()):
+                        position = item.get(_POSITION, {}).get("S")
+                        if position is not None:  # an item without a checkpoint yet
+                            positions[item[SORT_KEY]["S"]] = position
+                    last = page.get("LastEvaluatedKey")
+                    if not last:
+                        return positions
+                    params["ExclusiveStartKey"] = last
+            except Exception as exc:
+                raise self._store._error("cannot load checkpoints", exc, action="Query") from None
+        assert scope.cancelled_caught
+        raise self._store._timed_out("cannot load checkpoints", retry.last)
+
+    async def save(self, positions: Mapping[str, str]) -> None:
+        self._check_open()
+        # Check every position first, so that a bad one saves nothing.
+        writes = [
+            (shard, position, self._order(shard, position)) for shard, position in positions.items()
+        ]
+        if not writes:
+            return
+        updated_at = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        retry = _Retry()
+        failures: list[CheckpointError] = []
+        pending = iter(writes)
+
+        async def worker(group: anyio.abc.TaskGroup) -> None:
+            # Workers share one iterator: at most max_connections writes at once.
+            for shard, position, order in pending:
+                try:
+                    await self._update(shard, position, order, updated_at, retry)
+                except Exception as exc:
+                    failures.append(
+                        self._store._error(
+                            f"cannot save the checkpoint of shard {shard!r}",
+                            exc,
+                            action="UpdateItem",
+                        )
+                    )
+                    group.cancel_scope.cancel()  # the save fails; the rest need not go out
+                    return
+
+        with anyio.move_on_after(self._store.timeout) as scope:
+            async with anyio.create_task_group() as group:
+                for _ in range(min(len(writes), self._store.max_connections)):
+                    group.start_soon(worker, group)
+        if failures:
+            raise failures[0]
+        if scope.cancelled_caught:
+            raise self._store._timed_out(f"cannot save {len(writes)} checkpoint(s)", retry.last)
+
+    async def _update(
+        self, shard: str, position: str, order: str, updated_at: str, retry: _Retry
+    ) -> None:
+        params = {
+            "TableName": self._store.table,
+            "Key": {PARTITION_KEY: {"S": self._key}, SORT_KEY: {"S": shard}},
+            "UpdateExpression": _UPDATE,
+            "ConditionExpression": _CONDITION,
+            "ExpressionAttributeNames": _NAMES,
+            "ExpressionAttributeValues": {
+                ":position": {"S": position},
+                ":order": {"S": order},
+                ":updated_at": {"S": updated_at},
+            },
+        }
+        try:
+            await _call(self._store, self._client, "update_item", params, retry)
+        except Exception as exc:
+            if error_code(exc) == "ConditionalCheckFailedException":
+                return  # not ahead of the stored position: ignored, as save() promises
+            raise
+
+    def _order(self, shard: str, position: str) -> str:
+        if not shard or len(shard.encode()) > _MAX_SORT_KEY_BYTES:
+            raise CheckpointError(
+                f"{self._store.describe()}: shard id {shard!r} cannot be a key of the "
+                f"checkpoint table (DynamoDB takes 1 to {_MAX_SORT_KEY_BYTES} bytes)"
+            )
+        order = position_order(position)
+        if order is None:
+            raise CheckpointError(
+                f"{self._store.describe()}: checkpoint for shard {shard!r}: {position!r} is "
+                "not a position; pass a sequence number (decimal digits, no leading zeros) "
+                f"or {SHARD_END!r}"
+            )
+        return order
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise CheckpointError(
+                f"{self._store.describe()}: the checkpoint session is closed; load and save "
+                "only inside `async with store.open(pipeline, stream_id) as session:`"
+            )
+
+
+def partition_key(pipeline: str, stream_id: str) -> str:
+    """The ``pipeline_stream`` value of a pipeline's checkpoints on a stream:
+    ``<pipeline>#<stream id>``, with ``%`` and ``#`` in the pipeline name written as
+    ``%25`` and ``%23`` so that no two (pipeline, stream) pairs share a key."""
+    escaped = pipeline.replace("%", "%25").replace("#", "%23")
+    return f"{escaped}#{stream_id}"
+
+
+def position_order(position: str) -> str | None:
+    """A string that sorts (by UTF-8 bytes, as DynamoDB compares strings) the way
+    positions do: ``NNN:digits`` for a sequence number (NNN its digit count), and
+    ``SHARD_END``, after every one of them. None when `position` is not a position."""
+    if position == SHARD_END:
+        return SHARD_END
+    if (
+        position.isascii()
+        and position.isdigit()
+        and (position[0] != "0" or position == "0")
+        and len(position) <= _MAX_DIGITS
+    ):
+        return f"{len(position):03d}:{position}"
+    return None
+
+
+def _check_seconds(name: str, option: str, value: object, *, zero: bool) -> None:
+    if (
+        isinstance(value, int | float)
+        and math.isfinite(value)
+        and (value > 0 or (zero and value == 0))
+    ):
+        return
+    raise CheckpointError(
+        f"{name}: {option}={value!r} is not a number of seconds; pass a finite number "
+        f"{'>= 0' if zero else '> 0'}, e.g. {option}=1.0"
+    )
+
+
+def dynamodb(
+    table: str,
+    *,
+    create: bool = True,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    session: AioSession | None = None,
+    flush_interval: float = 1.0,
+    timeout: float = 10.0,
+    max_connections: int = 32,
+) -> DynamoDBCheckpoints:
+    """A checkpoint store in the DynamoDB table `table` (a table name).
+
+    With `create=True` the table is created on first use (on-demand capacity, partition
+    key ``pipeline_stream`` and sort key ``shard``, both strings) when it does not exist.
+    Each save writes one conditional UpdateItem per shard that moved, at most
+    `max_connections` at once; `flush_interval` is the number of seconds between batched
+    writes while running. Throttling, server errors and broken connections are retried
+    with backoff for up to `timeout` seconds, then the save (or load) fails with
+    `CheckpointError`. AWS settings come from the standard chain,
+    `AWS_ENDPOINT_URL(_DYNAMODB)`, or `endpoint_url=`, `region=` and an aiobotocore
+    `session=`. Needs ``dynamodb:DescribeTable``, ``dynamodb:Query``,
+    ``dynamodb:UpdateItem`` and, with `create=True`, ``dynamodb:CreateTable``.
+    """
+    name = f"checkpoints.dynamodb({table!r})"
+    if not isinstance(table, str) or not _TABLE_NAME.fullmatch(table):
+        raise CheckpointError(
+            f"{name}: {table!r} is not a DynamoDB table name; pass 3 to 255 letters, digits, "
+            "'_', '-' or '.', e.g. checkpoints.dynamodb('flowstream-checkpoints')"
+        )
+    _check_seconds(name, "flush_interval", flush_interval, zero=True)
+    # A save gets `timeout` seconds in all, its first attempt included.
+    _check_seconds(name, "timeout", timeout, zero=False)
+    if not isinstance(max_connections, int) or max_connections < 1:
+        raise CheckpointError(
+            f"{name}: max_connections={max_connections!r} must be a whole number >= 1"
+        )
+    return DynamoDBCheckpoints(
+        table,
+        create=create,
+        endpoint_url=endpoint_url,
+        region=region,
+        session=session,
+        flush_interval=flush_interval,
+        timeout=timeout,
+        max_connections=max_connections,
+    )
