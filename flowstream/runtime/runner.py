@@ -390,6 +390,7 @@ class _Tries:
 
     attempts: int = 0
     alone: int = 0
+    isolated: bool = False
     first: datetime | None = None
     last: datetime | None = None
 
@@ -509,7 +510,10 @@ class _Delivery:
             retrying: list[int] = []
             for k in real:
                 tries = self._tries[k]
-                tries.alone += 1
+                if bisecting and not tries.isolated:
+                    tries.isolated = True  # the call that found it: not one of its retries
+                else:
+                    tries.alone += 1
                 if (
                     self._retryable(k, failed[k])
                     and tries.alone <= retries
