@@ -12,9 +12,26 @@ from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Final
 
-__all__ = ["SHARD_END", "CheckpointSession", "CheckpointStore", "is_ahead"]
+__all__ = [
+    "SHARD_END",
+    "CheckpointSession",
+    "CheckpointStore",
+    "check_flush_records",
+    "is_ahead",
+]
 
 SHARD_END: Final = "SHARD_END"
+
+
+def check_flush_records(name: str, value: object) -> None:
+    """Refuse a `flush_records=` that is not a positive whole number (or None)."""
+    from flowstream.errors import CheckpointError
+
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise CheckpointError(
+            f"{name}: flush_records={value!r} is not a number of records; pass a whole "
+            "number >= 1, e.g. flush_records=1000, or None to write on the interval only"
+        )
 
 
 def is_ahead(new: str, old: str | None) -> bool:
@@ -52,6 +69,9 @@ class CheckpointStore(ABC):
     #: Seconds between batched writes while running; the runtime also flushes at a
     #: shard's end (children wait for it) and on stop.
     flush_interval: float = 1.0
+    #: Also write as soon as this many records are done since the last write (None:
+    #: only on the interval). Bounds what a crash replays on a busy stream.
+    flush_records: int | None = None
 
     @abstractmethod
     def open(self, pipeline: str, stream_id: str) -> AbstractAsyncContextManager[CheckpointSession]:

@@ -33,7 +33,12 @@ from flowstream.aws import (
     is_retryable,
 )
 from flowstream.backoff import Backoff
-from flowstream.checkpoints.base import SHARD_END, CheckpointSession, CheckpointStore
+from flowstream.checkpoints.base import (
+    SHARD_END,
+    CheckpointSession,
+    CheckpointStore,
+    check_flush_records,
+)
 from flowstream.errors import CheckpointError
 
 __all__ = ["DynamoDBCheckpoints", "dynamodb"]
@@ -85,6 +90,7 @@ class DynamoDBCheckpoints(CheckpointStore):
         flush_interval: float,
         timeout: float,
         max_connections: int,
+        flush_records: int | None = None,
     ) -> None:
         self.table = table
         self.create = create
@@ -92,6 +98,7 @@ class DynamoDBCheckpoints(CheckpointStore):
         self.region = region
         self.session = session
         self.flush_interval = flush_interval
+        self.flush_records = flush_records
         self.timeout = timeout
         self.max_connections = max_connections
 
@@ -550,6 +557,7 @@ def dynamodb(
     region: str | None = None,
     session: AioSession | None = None,
     flush_interval: float = 1.0,
+    flush_records: int | None = None,
     timeout: float = 10.0,
     max_connections: int = 32,
 ) -> DynamoDBCheckpoints:
@@ -559,7 +567,8 @@ def dynamodb(
     key ``pipeline_stream`` and sort key ``shard``, both strings) when it does not exist.
     Each save writes one conditional UpdateItem per shard that moved, at most
     `max_connections` at once; `flush_interval` is the number of seconds between batched
-    writes while running. Throttling, server errors and broken connections are retried
+    writes while running, and `flush_records` also writes once that many records are done
+    since the last write. Throttling, server errors and broken connections are retried
     with backoff for up to `timeout` seconds, then the save (or load) fails with
     `CheckpointError`. AWS settings come from the standard chain,
     `AWS_ENDPOINT_URL(_DYNAMODB)`, or `endpoint_url=`, `region=` and an aiobotocore
@@ -573,6 +582,7 @@ def dynamodb(
             "'_', '-' or '.', e.g. checkpoints.dynamodb('flowstream-checkpoints')"
         )
     _check_seconds(name, "flush_interval", flush_interval, zero=True)
+    check_flush_records(name, flush_records)
     # A save gets `timeout` seconds in all, its first attempt included.
     _check_seconds(name, "timeout", timeout, zero=False)
     if not isinstance(max_connections, int) or max_connections < 1:
@@ -588,4 +598,5 @@ def dynamodb(
         flush_interval=flush_interval,
         timeout=timeout,
         max_connections=max_connections,
+        flush_records=flush_records,
     )

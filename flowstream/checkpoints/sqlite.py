@@ -19,7 +19,12 @@ from typing import Final, TypeVar, final
 import anyio
 import anyio.to_thread
 
-from flowstream.checkpoints.base import SHARD_END, CheckpointSession, CheckpointStore
+from flowstream.checkpoints.base import (
+    SHARD_END,
+    CheckpointSession,
+    CheckpointStore,
+    check_flush_records,
+)
 from flowstream.errors import CheckpointError
 
 __all__ = ["SqliteCheckpoints", "sqlite"]
@@ -66,10 +71,16 @@ class SqliteCheckpoints(CheckpointStore):
     """Checkpoints in the SQLite file at `path`; build it with `checkpoints.sqlite(path)`."""
 
     def __init__(
-        self, path: str | os.PathLike[str], *, flush_interval: float, timeout: float
+        self,
+        path: str | os.PathLike[str],
+        *,
+        flush_interval: float,
+        timeout: float,
+        flush_records: int | None = None,
     ) -> None:
         self.path = Path(path)
         self.flush_interval = flush_interval
+        self.flush_records = flush_records
         self.timeout = timeout
         self._name = os.fspath(path)
 
@@ -262,18 +273,26 @@ def _check_position(store: SqliteCheckpoints, shard_id: str, position: str) -> N
 
 
 def sqlite(
-    path: str | os.PathLike[str], *, flush_interval: float = 1.0, timeout: float = 5.0
+    path: str | os.PathLike[str],
+    *,
+    flush_interval: float = 1.0,
+    flush_records: int | None = None,
+    timeout: float = 5.0,
 ) -> SqliteCheckpoints:
     """A checkpoint store in the SQLite database file at `path` (created if missing; its
     directory must exist).
 
     `flush_interval` is the number of seconds between batched writes while running;
+    `flush_records` also writes once that many records are done since the last write;
     `timeout` is how long a save waits for another connection's lock before it fails.
     """
+    check_flush_records(f"sqlite({os.fspath(path)})", flush_records)
     for name, value in (("flush_interval", flush_interval), ("timeout", timeout)):
         if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
             raise CheckpointError(
                 f"sqlite({os.fspath(path)}): {name}={value!r} is not a number of seconds; "
                 f"pass a finite number >= 0, e.g. {name}=1.0"
             )
-    return SqliteCheckpoints(path, flush_interval=flush_interval, timeout=timeout)
+    return SqliteCheckpoints(
+        path, flush_interval=flush_interval, timeout=timeout, flush_records=flush_records
+    )

@@ -13,22 +13,33 @@ __all__ = ["Checkpointer"]
 
 class Checkpointer:
     """Collects frontier advances from shard runners and writes them every `interval`
-    seconds (at once when the interval is 0), at a shard's end, and on `flush()`."""
+    seconds (at once when the interval is 0), once `records` records are done since the
+    last write (when given), at a shard's end, and on `flush()`."""
 
-    def __init__(self, session: CheckpointSession, interval: float, report: RunReport) -> None:
+    def __init__(
+        self,
+        session: CheckpointSession,
+        interval: float,
+        report: RunReport,
+        records: int | None = None,
+    ) -> None:
         self._session = session
         self._interval = interval
+        self._records = records
         self._report = report
         self._pending: dict[str, str] = {}
+        self._done = 0  # records done since the last write
         self._lock = anyio.Lock()
         self._wake = anyio.Event()
 
-    def advance(self, shard_id: str, position: str) -> None:
-        """Note that every record of `shard_id` up to `position` is done."""
+    def advance(self, shard_id: str, position: str, records: int = 0) -> None:
+        """Note that every record of `shard_id` up to `position` is done (`records` more
+        of them than before)."""
         previous = self._pending.get(shard_id)
         if previous is None or is_ahead(position, previous):
             self._pending[shard_id] = position
-            if self._interval <= 0:
+            self._done += records
+            if self._interval <= 0 or (self._records is not None and self._done >= self._records):
                 self._wake.set()
 
     async def shard_end(self, shard_id: str) -> None:
@@ -43,6 +54,7 @@ class Checkpointer:
             if not self._pending:
                 return
             batch, self._pending = self._pending, {}
+            self._done = 0
             try:
                 await self._session.save(batch)
             except BaseException as exc:
@@ -67,8 +79,9 @@ class Checkpointer:
         """Flush on the interval until cancelled."""
         while True:
             if self._interval > 0:
-                await anyio.sleep(self._interval)
+                with anyio.move_on_after(self._interval):
+                    await self._wake.wait()
             else:
                 await self._wake.wait()
-                self._wake = anyio.Event()
+            self._wake = anyio.Event()
             await self.flush()

@@ -183,7 +183,9 @@ class _Engine:
                 positions = await store.load()
             if self._setup.cancelled_caught:
                 return  # stopped before anything was read: nothing to finish or write
-            checkpointer = Checkpointer(store, self.store.flush_interval, report)
+            checkpointer = Checkpointer(
+                store, self.store.flush_interval, report, self.store.flush_records
+            )
             scheduler = Scheduler(
                 session,
                 self.plan,

@@ -268,7 +268,7 @@ class ShardRunner:
                 if stop.interrupted:
                     if stop.record_index:
                         done = work.records[stop.record_index - 1].sequence_number
-                        self.checkpointer.advance(self.shard.shard_id, done)
+                        self.checkpointer.advance(self.shard.shard_id, done, stop.record_index)
                     return ShardState.INTERRUPTED
                 return self._stopped(work.records, stop, 0)
             p = work.processed
@@ -276,7 +276,7 @@ class ShardRunner:
             self.report.dropped += p.dropped
             if work.done:
                 self.checkpointer.advance(
-                    self.shard.shard_id, work.records[work.done - 1].sequence_number
+                    self.shard.shard_id, work.records[work.done - 1].sequence_number, work.done
                 )
             if work.ended:
                 await self.checkpointer.shard_end(self.shard.shard_id)
@@ -288,7 +288,9 @@ class ShardRunner:
     def _stopped(self, records: list[Record], stop: _Stop, failed: int) -> ShardState:
         index = stop.record_index
         if index:
-            self.checkpointer.advance(self.shard.shard_id, records[index - 1].sequence_number)
+            self.checkpointer.advance(
+                self.shard.shard_id, records[index - 1].sequence_number, index
+            )
         record = records[index]
         self.report.failed += failed
         self.report.stopped_at = record.sequence_number
