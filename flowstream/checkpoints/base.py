@@ -17,10 +17,35 @@ __all__ = [
     "CheckpointSession",
     "CheckpointStore",
     "check_flush_records",
+    "check_position",
     "is_ahead",
+    "is_position",
 ]
 
 SHARD_END: Final = "SHARD_END"
+
+
+def is_position(position: object) -> bool:
+    """True for `SHARD_END` and for sequence numbers written as stores compare them:
+    plain decimal digits without leading zeros (the SQL and DynamoDB stores compare by
+    (length, text), which is the integer order only for those)."""
+    return position == SHARD_END or (
+        isinstance(position, str)
+        and position.isascii()
+        and position.isdigit()
+        and (position[0] != "0" or position == "0")
+    )
+
+
+def check_position(store: str, shard_id: str, position: str) -> None:
+    """Refuse a `position` that is not one; `store` names the store in the message."""
+    from flowstream.errors import CheckpointError
+
+    if not is_position(position):
+        raise CheckpointError(
+            f"{store}: checkpoint for shard {shard_id!r}: {position!r} is not a position; "
+            f"pass a sequence number (decimal digits, no leading zeros) or {SHARD_END!r}"
+        )
 
 
 def check_flush_records(name: str, value: object) -> None:

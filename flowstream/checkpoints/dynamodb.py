@@ -38,6 +38,8 @@ from flowstream.checkpoints.base import (
     CheckpointSession,
     CheckpointStore,
     check_flush_records,
+    check_position,
+    is_position,
 )
 from flowstream.errors import CheckpointError
 
@@ -495,12 +497,12 @@ class _DynamoDBSession(CheckpointSession):
                 f"{self._store.describe()}: shard id {shard!r} cannot be a key of the "
                 f"checkpoint table (DynamoDB takes 1 to {_MAX_SORT_KEY_BYTES} bytes)"
             )
+        check_position(self._store.describe(), shard, position)
         order = position_order(position)
         if order is None:
             raise CheckpointError(
-                f"{self._store.describe()}: checkpoint for shard {shard!r}: {position!r} is "
-                "not a position; pass a sequence number (decimal digits, no leading zeros) "
-                f"or {SHARD_END!r}"
+                f"{self._store.describe()}: checkpoint for shard {shard!r}: {position!r} has "
+                f"more than {_MAX_DIGITS} digits, longer than any stream sequence number"
             )
         return order
 
@@ -526,12 +528,7 @@ def position_order(position: str) -> str | None:
     ``SHARD_END``, after every one of them. None when `position` is not a position."""
     if position == SHARD_END:
         return SHARD_END
-    if (
-        position.isascii()
-        and position.isdigit()
-        and (position[0] != "0" or position == "0")
-        and len(position) <= _MAX_DIGITS
-    ):
+    if is_position(position) and len(position) <= _MAX_DIGITS:
         return f"{len(position):03d}:{position}"
     return None
 

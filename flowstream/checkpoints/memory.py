@@ -10,7 +10,12 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import final
 
-from flowstream.checkpoints.base import SHARD_END, CheckpointSession, CheckpointStore, is_ahead
+from flowstream.checkpoints.base import (
+    CheckpointSession,
+    CheckpointStore,
+    check_position,
+    is_ahead,
+)
 from flowstream.errors import CheckpointError
 
 __all__ = ["MemoryCheckpoints", "memory"]
@@ -62,7 +67,7 @@ class _MemorySession(CheckpointSession):
         # Check every position first, so that a bad one saves nothing (like a rolled
         # back transaction in the durable stores).
         for shard_id, position in positions.items():
-            _check_position(shard_id, position)
+            check_position("memory()", shard_id, position)
         for shard_id, position in positions.items():
             if is_ahead(position, self._shards.get(shard_id)):
                 self._shards[shard_id] = position
@@ -73,19 +78,6 @@ class _MemorySession(CheckpointSession):
                 "memory() checkpoint session is closed; load and save only inside "
                 "`async with store.open(pipeline, stream_id) as session:`"
             )
-
-
-def _check_position(shard_id: str, position: str) -> None:
-    # Positions compare as integers, and the SQL stores compare them as (length, text),
-    # so only plain decimal digits without leading zeros (or SHARD_END) are positions.
-    if position == SHARD_END or (
-        position.isascii() and position.isdigit() and (position[0] != "0" or position == "0")
-    ):
-        return
-    raise CheckpointError(
-        f"memory() checkpoint for shard {shard_id!r}: {position!r} is not a position; "
-        f"pass a sequence number (decimal digits, no leading zeros) or {SHARD_END!r}"
-    )
 
 
 def memory() -> MemoryCheckpoints:

@@ -24,6 +24,7 @@ from flowstream.checkpoints.base import (
     CheckpointSession,
     CheckpointStore,
     check_flush_records,
+    check_position,
 )
 from flowstream.errors import CheckpointError
 
@@ -219,7 +220,7 @@ class _SqliteSession(CheckpointSession):
     async def save(self, positions: Mapping[str, str]) -> None:
         rows = []
         for shard_id, position in positions.items():
-            _check_position(self._store, shard_id, position)
+            check_position(self._store.describe(), shard_id, position)
             rows.append((self._pipeline, self._stream_id, shard_id, position))
         if rows:
             await self._run(lambda conn: _save(conn, rows), "cannot save checkpoints")
@@ -257,19 +258,6 @@ def _save(conn: sqlite3.Connection, rows: list[tuple[str, str, str, str]]) -> No
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
-
-
-def _check_position(store: SqliteCheckpoints, shard_id: str, position: str) -> None:
-    # The SQL comparison is (length, text), which is the integer order only for plain
-    # decimal digits without leading zeros.
-    if position == SHARD_END or (
-        position.isascii() and position.isdigit() and (position[0] != "0" or position == "0")
-    ):
-        return
-    raise CheckpointError(
-        f"{store.describe()}: checkpoint for shard {shard_id!r}: {position!r} is not a "
-        f"position; pass a sequence number (decimal digits, no leading zeros) or {SHARD_END!r}"
-    )
 
 
 def sqlite(
