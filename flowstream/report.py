@@ -76,7 +76,9 @@ class RunReport(msgspec.Struct):
 
     @property
     def delivered(self) -> int:
-        return sum(s.delivered for s in self.sinks.values())
+        """Elements acknowledged, once per sink they were routed to (dead letters are
+        counted by `dead_lettered` instead)."""
+        return sum(s.delivered for s in self.shards.values())
 
     @property
     def failed(self) -> int:

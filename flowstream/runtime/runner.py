@@ -420,6 +420,7 @@ class _Delivery:
         "batch",
         "index",
         "letters",
+        "letters_only",
         "limit",
         "origins",
         "policy",
@@ -447,6 +448,8 @@ class _Delivery:
         self.origins = origins
         self.policy = policy
         self.step = step
+        #: delivering dead letters: the shard's counts are its records', kept elsewhere
+        self.letters_only = policy.dead_letter is None and step.startswith("dead-letter")
         self.letters: list[_Letter] = []
         self.stop: _Stop | None = None
         #: items from this index on are not sent (they are behind a stop)
@@ -479,7 +482,8 @@ class _Delivery:
                 self._tries.setdefault(k, _Tries()).fail(now)
             first = real[0]
             error = failed[first]
-            group = [k for k in real if failed[k] is error]
+            # the run of items from the first failure on that share its error
+            group = _same_error_run(order, first, failed)
             if len(group) > 1:
                 # The sink could not say which items are to blame.
                 batch_failures += 1
@@ -548,7 +552,7 @@ class _Delivery:
                 self._final.update(id(e) for e in failed.values())
         delivered = len(batch) - len(failed)
         stats.delivered += delivered
-        if not self.step.startswith("dead-letter"):
+        if not self.letters_only:
             self.runner.report.delivered += delivered
         if items is None or not failed:
             return failed
@@ -565,13 +569,14 @@ class _Delivery:
             return
         self._given_up.add(k)
         self.stats.failed += 1
+        if not self.letters_only:
+            self.runner.report.failed += 1  # a letter that fails is its record's, counted
         tries = self._tries.get(k) or _Tries()
         sink = self.policy.dead_letter
         if sink is None:
             self.limit = k
             self.stop = _Stop(self.origins[k], self.step, error)
             return
-        self.runner.report.failed += 1
         reason: Reason = (
             "max_record_age"
             if self._too_old(k, now)
@@ -618,6 +623,17 @@ class _Delivery:
         if self.stop is None or stop.record_index < self.stop.record_index:
             self.stop = stop
         return False
+
+
+def _same_error_run(order: list[int], first: int, failed: dict[int, BaseException]) -> list[int]:
+    """The items of `order` from `first` on, up to the first with another error."""
+    error = failed[first]
+    run: list[int] = []
+    for k in order[order.index(first) :]:
+        if failed[k] is not error:
+            break
+        run.append(k)
+    return run
 
 
 def _retryable(error: BaseException) -> bool:

@@ -446,3 +446,57 @@ class TestPolicyValidation:
             "on failure: 1 retries, backoff 0.1-5s, no bisect, max record age 300s, "
             "dead-letter to stdout"
         )
+
+
+class InterleavedFailures(SimpleSink):
+    """Fails items 0 and 2 of its first call with one error and item 1 with another,
+    as a sink could that reports per item; delivers everything after that."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self.items: list[str] = []
+
+    def describe(self) -> str:
+        return "interleaved"
+
+    async def send(self, batch: Batch) -> SendResult | None:
+        keys = [r.keys["pk"] for r in batch.values]
+        self.calls.append(keys)
+        if len(self.calls) == 1:
+            shared = ConnectionError("shared")
+            self.items.extend(keys[3:])
+            return SendResult({0: shared, 1: ConnectionError("own"), 2: shared})
+        self.items.extend(keys)
+        return None
+
+
+async def test_items_failing_with_one_error_around_another_keep_their_order() -> None:
+    stream = MemoryStream()
+    shard = stream.add_shard()
+    for n in range(6):
+        stream.put(shard, "INSERT", {"pk": f"k{n}"}, {"n": n})
+    sink = InterleavedFailures()
+    await fs.Pipeline(stream).to(sink).on_failure(**QUICK).run(drain=True)
+    # k3..k5 went out in the first call; the retried k0, k1, k2 arrive in their order
+    assert sink.items == ["k3", "k4", "k5", "k0", "k1", "k2"]
+    assert sink.calls[1:] == [["k0", "k1", "k2"]]
+
+
+async def test_a_shard_stopped_by_a_sink_counts_the_failed_record() -> None:
+    stream = MemoryStream()
+    shard = stream.add_shard()
+    stream.put(shard, "INSERT", {"pk": "a"}, {"n": 1})
+    with pytest.raises(fs.ShardStoppedError) as caught:
+        await (
+            fs.Pipeline(stream)
+            .to(RecordingSink({"a"}))
+            .on_failure(retries=1, **QUICK)
+            .run(drain=True)
+        )
+    report = caught.value.report
+    assert (report.failed, report.shards[shard].failed, report.sinks["recording"].failed) == (
+        1,
+        1,
+        1,
+    )
+    assert "1 failed" in report.summary()
