@@ -399,6 +399,8 @@ class Pipeline(Generic[T]):
         grace_period: float = 10.0,
         handle_signals: bool = False,
         stop: anyio.Event | None = None,
+        on_progress: Callable[[RunReport], object] | None = None,
+        progress_interval: float = 10.0,
     ) -> RunReport:
         """Run the pipeline: one task per readable shard, children after parents.
 
@@ -408,10 +410,22 @@ class Pipeline(Generic[T]):
         these two return the report). Stopping stops polling, gives in-flight batches
         `grace_period` seconds to finish, and writes checkpoints.
         Without `checkpoints`, progress is kept in memory for this run only.
+        `on_progress(report)` (sync or async) is called every `progress_interval` seconds
+        with the live report, e.g. to export metrics; what it raises is logged, not fatal.
         """
         from flowstream.runtime.engine import run_pipeline
 
         plan = self.compile()
+        if on_progress is not None and not callable(on_progress):
+            raise PipelineError(
+                f"run(on_progress=) got {type(on_progress).__name__}, which is not callable; "
+                "pass a function that takes the RunReport"
+            )
+        if not (isinstance(progress_interval, int | float) and progress_interval > 0):
+            raise PipelineError(
+                f"run(progress_interval={progress_interval!r}) must be a positive number of "
+                "seconds, e.g. progress_interval=10"
+            )
         if checkpoints is not None and self._name is None:
             raise PipelineError(
                 f"run(checkpoints={checkpoints.describe()}) needs a pipeline name to key "
@@ -426,4 +440,6 @@ class Pipeline(Generic[T]):
             grace_period=grace_period,
             handle_signals=handle_signals,
             stop=stop,
+            on_progress=on_progress,
+            progress_interval=float(progress_interval),
         )

@@ -9,8 +9,10 @@ and then lets the cancellation go on.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import signal
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -48,6 +50,8 @@ async def run_pipeline(
     handle_signals: bool,
     stop: anyio.Event | None = None,
     policy: FailurePolicy | None = None,
+    on_progress: Callable[[RunReport], object] | None = None,
+    progress_interval: float = 10.0,
 ) -> RunReport:
     if policy is not None:
         plan = replace(plan, policy=policy)
@@ -60,6 +64,8 @@ async def run_pipeline(
         grace_period=grace_period,
         handle_signals=handle_signals,
         stop_event=stop,
+        on_progress=on_progress,
+        progress_interval=progress_interval,
     )
     async with anyio.create_task_group() as tg:
         tg.start_soon(engine.main)
@@ -101,6 +107,8 @@ class _Engine:
         grace_period: float,
         handle_signals: bool,
         stop_event: anyio.Event | None,
+        on_progress: Callable[[RunReport], object] | None = None,
+        progress_interval: float = 10.0,
     ) -> None:
         self.plan = plan
         self.source = source
@@ -109,6 +117,8 @@ class _Engine:
         self.grace_period = grace_period
         self.handle_signals = handle_signals
         self.stop_event = stop_event
+        self.on_progress = on_progress
+        self.progress_interval = progress_interval
         self.report = RunReport(pipeline=name)
         self.finished = anyio.Event()
         self.error: BaseException | None = None
@@ -201,6 +211,8 @@ class _Engine:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 tg.start_soon(checkpointer.run)
+                if self.on_progress is not None:
+                    tg.start_soon(self._report_progress, self.on_progress)
                 if self._stop_reason is not None:
                     scheduler.stop()
                     tg.start_soon(self._grace_timer)
@@ -222,6 +234,22 @@ class _Engine:
                     _settle_states(report)
             if not report.stop_reason:
                 report.stop_reason = "drained" if self.drain else "finished"
+
+    async def _report_progress(self, callback: Callable[[RunReport], object]) -> None:
+        """Hand the live report to `callback` every interval; its errors are logged."""
+        while True:
+            await anyio.sleep(self.progress_interval)
+            try:
+                result = callback(self.report)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception as exc:
+                logger.warning(
+                    "pipeline %r: on_progress raised %s: %s",
+                    self.report.pipeline,
+                    type(exc).__name__,
+                    exc,
+                )
 
     async def _watch_stop_event(self, event: anyio.Event) -> None:
         await event.wait()

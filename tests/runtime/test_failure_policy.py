@@ -8,7 +8,9 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import anyio
 import pytest
+from support import wait_until
 
 import flowstream as fs
 from flowstream import checkpoints, sinks
@@ -500,3 +502,29 @@ async def test_a_shard_stopped_by_a_sink_counts_the_failed_record() -> None:
         1,
     )
     assert "1 failed" in report.summary()
+
+
+async def test_a_long_run_keeps_serving_other_shards_and_reports_the_stopped_one() -> None:
+    stream, bad_shard, poison = poisoned(shards=4, per_shard=5, poison_at=2)
+    out = sinks.collect()
+    seen: list[dict[str, fs.ShardState]] = []
+    stop = anyio.Event()
+
+    def progress(report: fs.RunReport) -> None:
+        seen.append({k: s.state for k, s in report.shards.items()})
+        raise RuntimeError("a broken exporter must not stop the run")
+
+    pipeline = fs.Pipeline(stream).map(explode).to(out).on_failure(retries=0, **QUICK)
+    async with anyio.create_task_group() as tg:
+
+        async def run() -> None:
+            report = await pipeline.run(stop=stop, on_progress=progress, progress_interval=0.01)
+            assert report.shards[bad_shard].stopped_at == poison.sequence_number
+
+        tg.start_soon(run)
+        await wait_until(lambda: any(s.get(bad_shard) is fs.ShardState.STOPPED for s in seen))
+        # the run goes on: a record put now on another shard is delivered
+        other = next(s for s in stream.shard_ids if s != bad_shard)
+        late = stream.put(other, "INSERT", {"pk": "late"}, {"n": 0})
+        await wait_until(lambda: late in out.items)
+        stop.set()
