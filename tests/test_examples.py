@@ -14,6 +14,7 @@ import boto3
 import pytest
 from moto_server import MotoServer
 
+import flowstream as fs
 from flowstream import cli
 from flowstream.demo import load_example
 from flowstream.errors import FlowstreamError
@@ -24,11 +25,11 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 AGAINST_A_TABLE = {"cache_invalidator", "table_replicator", "webhook_forwarder", "sqs_fanout"}
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
+def run(*args: str, returncode: int = 0) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(
         [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
     )
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == returncode, done.stderr
     return done
 
 
@@ -157,19 +158,34 @@ def test_cache_invalidator_runs_against_a_table(users_table: str, tmp_path: Path
 
 
 class _Receiver:
-    """A real local HTTP server (in a thread) that keeps every JSON body it gets."""
+    """A real local HTTP server (in a thread) that keeps every JSON body it gets.
 
-    def __init__(self) -> None:
+    With `reject`, it answers 400 to every request holding an event of that key (the
+    webhook forwarder's ``keys.pk``) and keeps those apart, in `rejected`.
+    """
+
+    def __init__(self, reject: str | None = None) -> None:
         import http.server
         import threading
 
         bodies: list[Any] = []
         headers: list[dict[str, str]] = []
+        rejected: list[tuple[Any, dict[str, str]]] = []
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 length = int(self.headers["Content-Length"])
-                bodies.append(json.loads(self.rfile.read(length)))
+                body = json.loads(self.rfile.read(length))
+                events = body if isinstance(body, list) else [body]
+                if reject is not None and any(e["keys"]["pk"] == reject for e in events):
+                    rejected.append((body, dict(self.headers)))
+                    answer = f"{reject} is not accepted".encode()
+                    self.send_response(400)
+                    self.send_header("Content-Length", str(len(answer)))
+                    self.end_headers()
+                    self.wfile.write(answer)
+                    return
+                bodies.append(body)
                 headers.append(dict(self.headers))
                 self.send_response(204)
                 self.end_headers()
@@ -179,6 +195,7 @@ class _Receiver:
 
         self.bodies = bodies
         self.headers = headers
+        self.rejected = rejected
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -250,6 +267,99 @@ def test_webhook_forwarder_posts_every_change(users_table: str, tmp_path: Path) 
         ("REMOVE", "user#2"),
     ]
     assert all(h.get("Idempotency-Key") for h in hook.headers)
+
+
+WEBHOOK_FORWARDER = str(ROOT / "examples" / "webhook_forwarder.py")
+
+
+def _stream_changes(endpoint_url: str) -> dict[str, list[tuple[str, str, str]]]:
+    """The Users stream as moto holds it: (event id, event name, pk) per shard, in order."""
+    streams: Any = boto3.client(
+        "dynamodbstreams", endpoint_url=endpoint_url, region_name="us-east-1"
+    )
+    arn = streams.list_streams(TableName="Users")["Streams"][0]["StreamArn"]
+    changes = {}
+    for shard in streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"]:
+        iterator = streams.get_shard_iterator(
+            StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+        )["ShardIterator"]
+        records = streams.get_records(ShardIterator=iterator)["Records"]
+        changes[shard["ShardId"]] = [
+            (r["eventID"], r["eventName"], r["dynamodb"]["Keys"]["pk"]["S"]) for r in records
+        ]
+    return changes
+
+
+class TestWebhookForwarderDeadLetters:
+    @pytest.fixture
+    def table(self, users_table: str) -> str:
+        """The Users table with user#13 (which the endpoint rejects) and a change after it."""
+        client: Any = boto3.client("dynamodb", endpoint_url=users_table, region_name="us-east-1")
+        for pk in ("user#13", "user#14"):
+            client.put_item(TableName="Users", Item={"pk": {"S": pk}, "plan": {"S": "free"}})
+        return users_table
+
+    def test_a_rejected_change_is_dead_lettered_and_replayed(
+        self, table: str, tmp_path: Path
+    ) -> None:
+        dead = tmp_path / "dead.jsonl"
+        args = ["--endpoint-url", table, "--drain", "--checkpoints", str(tmp_path / "w.db")]
+        with _Receiver(reject="user#13") as hook:
+            done = run(WEBHOOK_FORWARDER, "Users", hook.url, *args, "--dead-letters", str(dead))
+        assert "1 dead-lettered" in done.stderr
+
+        # every other change arrived once, each shard in its order, past the rejected one
+        stream = _stream_changes(table)
+        (rejected,) = [c for changes in stream.values() for c in changes if c[2] == "user#13"]
+        arrived = [(e["id"], e["type"], e["keys"]["pk"]) for body in hook.bodies for e in body]
+        for changes in stream.values():
+            assert [c for c in arrived if c in changes] == [c for c in changes if c != rejected]
+        assert len(arrived) == sum(map(len, stream.values())) - 1
+        assert arrived[-1][2] == "user#14"
+
+        # the change, alone, as a dead letter
+        (line,) = dead.read_bytes().splitlines()
+        letter = fs.decode_dead_letter(line)
+        assert letter.pipeline == "webhook-forwarder"
+        assert letter.reason == "not_retryable"
+        assert letter.error is not None
+        assert "HTTP 400" in letter.error.message
+        assert "user#13 is not accepted" in letter.error.message
+        assert letter.step.startswith("sink http(POST http://127.0.0.1:")
+        assert letter.record.event_id == rejected[0]
+        assert letter.record.keys == {"pk": "user#13"}
+        assert letter.record.new_image == {"pk": "user#13", "plan": "free"}
+        # bisect isolated it: the last request the endpoint rejected held it alone
+        last_body, last_headers = hook.rejected[-1]
+        assert [e["id"] for e in last_body] == [rejected[0]]
+
+        # replayed to an endpoint that now takes it: the same event, the same request
+        with _Receiver() as fixed:
+            again = run(WEBHOOK_FORWARDER, "Users", fixed.url, "--replay", str(dead))
+        assert again.returncode == 0
+        assert "1 read" in again.stderr
+        assert "1 delivered, 0 failed" in again.stderr
+        assert fixed.bodies == [last_body]
+        assert fixed.headers[0]["Idempotency-Key"] == last_headers["Idempotency-Key"]
+
+    def test_without_dead_letters_the_shard_stops_at_the_rejected_change(
+        self, table: str, tmp_path: Path
+    ) -> None:
+        args = ["--endpoint-url", table, "--drain", "--checkpoints", str(tmp_path / "w.db")]
+        with _Receiver(reject="user#13") as hook:
+            done = run(WEBHOOK_FORWARDER, "Users", hook.url, *args, returncode=1)
+        assert "error: 1 shard(s) stopped at a failing record" in done.stderr
+        assert "HTTP 400" in done.stderr
+        arrived = [e["keys"]["pk"] for body in hook.bodies for e in body]
+        assert arrived == ["user#1", "user#2", "team#1", "user#1", "team#1", "user#2"]
+
+    def test_replay_refuses_to_write_its_letters_into_the_file_it_reads(
+        self, tmp_path: Path
+    ) -> None:
+        dead = str(tmp_path / "dead.jsonl")
+        args = ["Users", "http://127.0.0.1:9/hook", "--replay", dead, "--dead-letters", dead]
+        done = run(WEBHOOK_FORWARDER, *args, returncode=2)
+        assert "--dead-letters must be another file than --replay" in done.stderr
 
 
 def test_sqs_fanout_routes_each_event_type_to_its_queue(users_table: str, tmp_path: Path) -> None:
