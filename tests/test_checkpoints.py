@@ -8,6 +8,7 @@ import sqlite3
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -230,8 +231,9 @@ class TestSqlite:
     @pytest.mark.parametrize("name", ["flush_interval", "timeout"])
     @pytest.mark.parametrize("value", [-1.0, float("nan"), float("inf")])
     def test_bad_intervals(self, tmp_path: Path, name: str, value: float) -> None:
+        options: dict[str, Any] = {name: value}
         with pytest.raises(CheckpointError, match=rf"{name}=.* is not a number of seconds"):
-            sqlite(tmp_path / "state.db", **{name: value})
+            sqlite(tmp_path / "state.db", **options)
 
     async def test_relative_path_is_created(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
