@@ -41,6 +41,7 @@ import boto3
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession, get_session
 from counting_server import CountingServer
+from report import Section
 
 import flowstream as fs
 from flowstream.sinks.http import http
@@ -458,6 +459,31 @@ def run_sqs(records: int, runs: int) -> list[Result]:
     with moto_server() as server:
         assert server._process is not None  # running: MotoServer has no public pid
         return measure(SqsBench(server.url, server._process.pid), cases, records, runs)
+
+
+def sections(*, quick: bool = False) -> list[Section]:
+    """The sink tables for `run_all.py`: HTTP against naive loops, and SQS on moto."""
+    os.environ.update(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test")
+    records, sqs_records, runs = (4_000, 120, 2) if quick else (16_000, 320, 3)
+    command = "python3 benchmarks/bench_sinks.py"
+    http = rows(run_http(records, runs), records)
+    sqs = rows(run_sqs(sqs_records, runs), sqs_records)
+    return [
+        Section(
+            f"Sinks: HTTP, {records:,} records into a counting server (own process)",
+            HEADERS,
+            http,
+            command,
+            [f"{SHARDS} shards, median of {runs} runs; CPU seconds of the client process."],
+        ),
+        Section(
+            f"Sinks: SQS, {sqs_records:,} records into a standard queue on moto's server",
+            HEADERS,
+            sqs,
+            command,
+            [SQS_NOTE],
+        ),
+    ]
 
 
 def main() -> None:
