@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import anyio
 
-from flowstream.errors import FlowstreamError
+from flowstream.errors import FlowstreamError, PipelineError
+from flowstream.pipeline import Pipeline
 
-__all__ = ["main"]
+__all__ = ["load_pipeline", "main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -30,6 +35,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="keep the local endpoint up (and writing) for the examples, until Ctrl-C",
     )
     demo.add_argument("--port", type=int, default=4566, help="the endpoint's port with --serve")
+    replay = commands.add_parser(
+        "replay",
+        help="feed dead letters back through a pipeline once the cause is fixed",
+        description=(
+            "Replay the dead letters in LETTERS (a jsonl file a dead_letter=sinks.jsonl(...) "
+            "wrote) through a pipeline's steps and sinks. Letters that fail again follow "
+            "the pipeline's on_failure: its dead-letter sink, or a stopped shard (exit 1). "
+            "The file is not changed."
+        ),
+    )
+    replay.add_argument("letters", help="the jsonl file of dead letters")
+    replay.add_argument(
+        "--pipeline",
+        required=True,
+        metavar="MODULE:NAME",
+        help="where the pipeline is: a module or .py file, a colon, and a Pipeline or a "
+        "function returning one (e.g. myapp.pipelines:orders or jobs/orders.py:build)",
+    )
+    replay.add_argument(
+        "--only-pipeline", metavar="NAME", help="replay only the letters this pipeline wrote"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "demo":
@@ -45,4 +71,61 @@ def main(argv: Sequence[str] | None = None) -> int:
         except FlowstreamError as exc:
             print(f"flowstream demo: error: {exc}", file=sys.stderr)
             return 1
+    if args.command == "replay":
+        return _replay(args.letters, args.pipeline, args.only_pipeline)
     return 0
+
+
+def _replay(letters: str, where: str, only_pipeline: str | None) -> int:
+    from flowstream.errors import ShardStoppedError
+    from flowstream.replay import replay_dead_letters
+
+    try:
+        pipeline = load_pipeline(where)
+        report = anyio.run(
+            lambda: replay_dead_letters(pipeline, letters, only_pipeline=only_pipeline)
+        )
+    except ShardStoppedError as exc:
+        print(exc.report.summary())
+        print(f"flowstream replay: {exc}", file=sys.stderr)
+        return 1
+    except FlowstreamError as exc:
+        print(f"flowstream replay: error: {exc}", file=sys.stderr)
+        return 1
+    print(report.summary())
+    return 0
+
+
+def load_pipeline(where: str) -> Pipeline[Any]:
+    """The pipeline at ``module:name`` or ``path/to/file.py:name``: a `Pipeline`, or a
+    function taking no arguments that returns one."""
+    module_name, _, name = where.rpartition(":")
+    if not module_name or not name:
+        raise PipelineError(
+            f"--pipeline {where!r} is not MODULE:NAME; write e.g. myapp.pipelines:orders "
+            "or jobs/orders.py:build_pipeline"
+        )
+    try:
+        if module_name.endswith(".py"):
+            spec = importlib.util.spec_from_file_location(Path(module_name).stem, module_name)
+            if spec is None or spec.loader is None:
+                raise ImportError(f"cannot load {module_name}")
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except (ImportError, OSError) as exc:
+        raise PipelineError(
+            f"--pipeline {where!r}: cannot import {module_name}: {exc}; check the module "
+            "path (run from the directory it is importable from) or give a .py file"
+        ) from None
+    found = getattr(module, name, None)
+    if found is not None and not isinstance(found, Pipeline) and callable(found):
+        found = found()
+    if not isinstance(found, Pipeline):
+        raise PipelineError(
+            f"--pipeline {where!r}: {name} in {module_name} is "
+            f"{'missing' if found is None else type(found).__name__}, not a Pipeline; name "
+            "a Pipeline or a function with no arguments that returns one"
+        )
+    return found
