@@ -14,7 +14,9 @@ the last record read; trimmed data is an error unless `on_trimmed="skip"`.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
@@ -62,6 +64,7 @@ _ARN: Final = re.compile(
 _RAW_BODY: Final = "_flowstream_raw_body"
 _STREAMS: Final = "DynamoDB Streams"
 _OPENING_ATTEMPTS: Final = 5
+_SHARDS_PER_DESCRIBE: Final = 100  # DescribeStream's largest Limit
 
 
 def _keep_raw_body(
@@ -210,6 +213,11 @@ class _DynamoDBSession(StreamSession):
         self.client = client
         self.stream_id = stream_arn
         self.discovery_interval = source.discovery_interval
+        # Tickets order events in this session: a listing that began after a shard's
+        # end was read holds that shard's children (a closed shard's children exist).
+        self._tickets = itertools.count()
+        self._ended: dict[str, int] = {}  # shard -> ticket of its end; children not looked up
+        self._listing: tuple[int, list[Shard]] | None = None  # the latest full listing
 
     async def check(self) -> None:
         """Fail fast, with a clear error, when the stream cannot be read at all."""
@@ -278,6 +286,7 @@ class _DynamoDBSession(StreamSession):
                 await anyio.sleep(delay)
 
     async def _describe(self, **extra: Any) -> list[Shard]:
+        ticket = next(self._tickets)
         shards: list[Shard] = []
         start: str | None = None
         while True:
@@ -298,15 +307,40 @@ class _DynamoDBSession(StreamSession):
                 )
             start = description.get("LastEvaluatedShardId")
             if not start:
+                if not extra:
+                    self._listing = (ticket, shards)
                 return shards
 
     async def list_shards(self) -> Sequence[Shard]:
-        return await self._describe()
+        shards = await self._describe()
+        # The scheduler takes the children of shards that ended before a relisting from
+        # the listing itself: it will not ask for them.
+        listed = self._listing[0] if self._listing is not None else -1
+        self._ended = {s: t for s, t in self._ended.items() if t > listed}
+        return shards
+
+    def shard_ended(self, shard_id: str) -> None:
+        """A reader read `shard_id` to its end: its children may be looked up."""
+        self._ended[shard_id] = next(self._tickets)
 
     async def children_of(self, shard_id: str) -> Sequence[Shard]:
-        shards = await self._describe(ShardFilter={"Type": "CHILD_SHARDS", "ShardId": shard_id})
+        ended = self._ended.pop(shard_id, None)
+        listed, listing = self._listing or (-1, [])
+        if ended is not None and listed > ended:
+            shards = listing  # listed after the end was read: the children are in it
+        elif self._listing_is_cheaper(1 + sum(t > listed for t in self._ended.values())):
+            shards = await self._describe()
+        else:
+            shards = await self._describe(ShardFilter={"Type": "CHILD_SHARDS", "ShardId": shard_id})
         # An endpoint that ignores the filter answers with every shard.
         return [s for s in shards if s.parent_shard_id == shard_id]
+
+    def _listing_is_cheaper(self, waiting: int) -> bool:
+        """Whether listing every shard takes fewer calls than a filtered call for each of
+        the `waiting` ended shards: it does when many end together (the rollover ends
+        them all), and the one listing answers them all."""
+        known = len(self._listing[1]) if self._listing is not None else 0
+        return waiting > max(1, math.ceil(known / _SHARDS_PER_DESCRIBE))
 
     def reader(self, shard: Shard, start: Position) -> ShardReader:
         return _DynamoDBReader(self, shard, start)
@@ -335,6 +369,7 @@ class _DynamoDBReader(ShardReader):
             if self._iterator is None:
                 note = await self._renew_iterator() or note
                 if self._iterator is None:  # the shard ended before the position
+                    self._session.shard_ended(self._shard.shard_id)
                     return Page([], caught_up=True, ended=True, note=note)
             self._next_poll = anyio.current_time() + self._source.min_poll_gap
             try:
@@ -378,6 +413,8 @@ class _DynamoDBReader(ShardReader):
             msgspec.structs.force_setattr(record, "shard_id", shard_id)
         self._iterator = next_iterator
         ended = next_iterator is None
+        if ended:
+            self._session.shard_ended(shard_id)
         if records:
             self._last_read = records[-1].sequence_number
             self._empty_polls = 0

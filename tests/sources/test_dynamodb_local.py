@@ -132,6 +132,69 @@ class TestManyShards:
         ]
 
 
+class TestChildShards:
+    async def test_shards_that_end_together_share_one_listing(
+        self, served: tuple[MemoryStream, LocalStreamsServer]
+    ) -> None:
+        stream, server = served
+        parents = [stream.add_shard() for _ in range(16)]
+        for shard in parents:
+            stream.put(shard, "INSERT", {"pk": shard})
+        children = stream.rollover()
+        for child in children.values():
+            stream.put(child, "INSERT", {"pk": child})
+        out = sinks.collect()
+        await fs.Pipeline(fast_source(server)).to(out).run(drain=True)
+        check_order_and_lineage(stream, out)
+        assert len(out.items) == 32
+        # one DescribeStream to check the stream, one to list it, and far fewer than one
+        # per ended parent to find the children
+        assert server.calls["DescribeStream"] <= 2 + 4
+
+    async def test_a_listing_from_before_the_end_is_not_used(
+        self, served: tuple[MemoryStream, LocalStreamsServer]
+    ) -> None:
+        stream, server = served
+        first, second = stream.add_shard(), stream.add_shard()
+        async with fast_source(server).open() as session:
+            await session.list_shards()  # before the split: no children in it
+            children = stream.split(first)
+            stream.close(second)
+            for shard in (first, second):
+                session.shard_ended(shard)  # type: ignore[attr-defined]
+            calls = server.calls["DescribeStream"]
+            found = await session.children_of(first) or []
+            assert sorted(s.shard_id for s in found) == sorted(children)
+            assert server.calls["DescribeStream"] == calls + 1  # listed again, once
+            assert await session.children_of(second) == []
+            assert server.calls["DescribeStream"] == calls + 1  # from that listing
+
+    async def test_a_listing_is_made_only_when_it_takes_fewer_calls(
+        self, served: tuple[MemoryStream, LocalStreamsServer]
+    ) -> None:
+        stream, server = served
+        shards = [stream.add_shard() for _ in range(150)]  # a listing takes 2 calls
+        async with fast_source(server).open() as session:
+            await session.list_shards()
+
+            async def look_up(ended: list[str]) -> tuple[int, list[list[str]]]:
+                for shard in ended:
+                    session.shard_ended(shard)  # type: ignore[attr-defined]
+                calls = server.calls["DescribeStream"]
+                found = [[c.shard_id for c in await session.children_of(s) or []] for s in ended]
+                return server.calls["DescribeStream"] - calls, found
+
+            # one shard ends alone: a call filtered to its children
+            alone = stream.split(shards[0])
+            assert await look_up(shards[:1]) == (1, [list(alone)])
+            # two end together: still fewer calls one by one
+            pair = [stream.split(s) for s in shards[1:3]]
+            assert await look_up(shards[1:3]) == (2, [list(c) for c in pair])
+            # three end together: one listing (2 calls) answers all three
+            three = [stream.split(s) for s in shards[3:6]]
+            assert await look_up(shards[3:6]) == (2, [list(c) for c in three])
+
+
 class TestFaults:
     async def test_expired_iterators_resume_after_the_last_record_read(
         self, served: tuple[MemoryStream, LocalStreamsServer]
