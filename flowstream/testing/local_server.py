@@ -12,7 +12,7 @@ import itertools
 import time
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Final, Literal, TypeAlias, final, get_args
@@ -21,7 +21,8 @@ import anyio
 import msgspec
 from aiohttp import web
 
-from flowstream.record import Record
+from flowstream.errors import SourceError
+from flowstream.record import Record, decode_records
 from flowstream.sources.base import Position, PositionKind
 from flowstream.testing.memory_stream import MemoryStream, _ShardData
 
@@ -65,6 +66,15 @@ _FAULT_ERRORS: Final[Mapping[str, tuple[str, str, int]]] = {
 
 _encode: Final = msgspec.json.Encoder().encode
 _decode: Final = msgspec.json.Decoder().decode
+
+
+class _RawPage(msgspec.Struct, gc=False):
+    """A GetRecords body with each record kept as the bytes it came in."""
+
+    Records: list[msgspec.Raw]
+
+
+_decode_raw_page: Final = msgspec.json.Decoder(_RawPage).decode
 
 
 class _ApiError(Exception):
@@ -138,7 +148,8 @@ class LocalStreamsServer:
     DynamoDB's DescribeTable for the stream's table), live: records put, shards split,
     closed, trimmed and rolled over in the `MemoryStream` show at once. `calls` counts
     requests by operation name and by ``(operation, shard_id)``; `inject()` makes the
-    next calls fail or wait; `delete_stream()` makes the stream disappear. Iterators
+    next calls fail or wait; `delete_stream()` makes the stream disappear;
+    `load_pages()` adds records already encoded (for benchmarks). Iterators
     expire `iterator_ttl` seconds after they were issued, as real ones do after 15
     minutes. Use it from the event loop's thread, as the stream.
     """
@@ -225,6 +236,54 @@ class LocalStreamsServer:
     @property
     def stream_arn(self) -> str:
         return self.stream.stream_arn
+
+    # -- pre-encoded records ------------------------------------------------------------
+
+    def load_pages(self, shard_id: str, bodies: Iterable[bytes]) -> int:
+        """Append the records of GetRecords response bodies (``{"Records": [...]}``, the
+        rest ignored) to the open shard `shard_id` of the stream, and serve each as the
+        bytes it came in: a GetRecords answer then joins bytes and encodes nothing, so an
+        end-to-end benchmark measures its client, not this server. Their sequence numbers
+        must rise, above the shard's last record; the stream numbers later `put()`s after
+        them. Returns how many records were added."""
+        stream = self.stream
+        shard = stream._shard(shard_id)
+        if shard.closed:
+            raise SourceError(
+                f"shard {shard_id!r} is closed; load pages into one of its children or an "
+                "open shard"
+            )
+        last = shard.sequences[-1] if shard.sequences else shard.starting_sequence - 1
+        records: list[Record] = []
+        sequences: list[int] = []
+        encoded: list[bytes] = []
+        for body in bodies:
+            raws = _decode_raw_page(body).Records
+            page = decode_records(body, shard_id=shard_id)
+            for record, raw in zip(page, raws, strict=True):
+                sequence = record.sequence_number
+                if not (sequence.isdigit() and len(sequence) in _SEQUENCE_DIGITS):
+                    raise SourceError(
+                        f"record {record.event_id!r} has SequenceNumber {sequence!r}; "
+                        "sequence numbers are strings of 21 to 40 digits"
+                    )
+                if int(sequence) <= last:
+                    raise SourceError(
+                        f"record {record.event_id!r} has SequenceNumber {sequence}, not above "
+                        f"{last}, the last one in shard {shard_id!r}; sequence numbers rise"
+                    )
+                last = int(sequence)
+                records.append(record)
+                sequences.append(last)
+                encoded.append(bytes(raw))
+        # All or nothing: a bad record leaves the shard as it was.
+        self._cached(shard).extend(encoded)
+        shard.records.extend(records)
+        shard.sequences.extend(sequences)
+        if stream._peek_sequence() <= last:
+            stream._sequence = itertools.count(last + 1)
+        shard.notify()
+        return len(records)
 
     # -- faults -------------------------------------------------------------------------
 
@@ -467,13 +526,18 @@ class LocalStreamsServer:
                 f"Requested resource not found: Stream: {arn} not found",
             )
 
-    def _encoded_page(self, shard: _ShardData, index: int, limit: int) -> list[bytes]:
+    def _cached(self, shard: _ShardData, end: int | None = None) -> list[bytes]:
+        """The shard's encoded records, encoded up to `end` (None: all of them)."""
         cache = self._encoded.setdefault(shard.shard_id, [])
         records = shard.records
-        end = min(index + limit, len(records))
+        end = len(records) if end is None else end
         if len(cache) < end:
             cache.extend(_encode_record(r) for r in records[len(cache) : end])
-        parts = cache[index:end]
+        return cache
+
+    def _encoded_page(self, shard: _ShardData, index: int, limit: int) -> list[bytes]:
+        end = min(index + limit, len(shard.records))
+        parts = self._cached(shard, end)[index:end]
         if sum(map(len, parts)) + len(parts) > _MAX_PAGE_BYTES:
             size = 0
             for n, part in enumerate(parts):

@@ -644,6 +644,92 @@ class TestGetRecords:
         )
 
 
+def wire_page(*records: bytes) -> bytes:
+    """A GetRecords body of already-encoded records."""
+    return b'{"Records":[' + b",".join(records) + b'],"NextShardIterator":"ignored"}'
+
+
+def wire_record(sequence: int, *, event: str = "MODIFY", pk: str = "a") -> bytes:
+    # Spelled as no encoder of ours would (spaces, members out of order): served as is.
+    return (
+        f'{{ "eventName": "{event}", "eventID": "e{sequence}", "eventVersion": "1.1", '
+        f'"eventSource": "aws:dynamodb", "awsRegion": "us-east-1", "dynamodb": {{ '
+        f'"SequenceNumber": "{sequence}", "Keys": {{"pk": {{"S": "{pk}"}}}}, '
+        f'"NewImage": {{"pk": {{"S": "{pk}"}}, "n": {{"N": "{sequence % 100}"}}}}, '
+        f'"ApproximateCreationDateTime": 1764500000, "SizeBytes": 20, '
+        f'"StreamViewType": "NEW_AND_OLD_IMAGES" }} }}'
+    ).encode()
+
+
+class TestLoadPages:
+    async def test_serves_the_records_as_they_came(
+        self, stream: MemoryStream, server: LocalStreamsServer, client: Any
+    ) -> None:
+        shard_id = stream.add_shard()
+        first = 10**20 + 5
+        raw = [wire_record(first + n) for n in range(5)]
+        assert server.load_pages(shard_id, [wire_page(*raw[:3]), wire_page(*raw[3:])]) == 5
+        stream.close(shard_id)
+        bodies: list[bytes] = []
+
+        def keep_body(response_dict: dict[str, Any], **_: Any) -> None:
+            bodies.append(response_dict["body"])
+
+        client.meta.events.register("before-parse.dynamodb-streams.GetRecords", keep_body)
+        pages = await read_pages(client, await iterator(client, server, shard_id), Limit=2)
+        assert [len(p["Records"]) for p in pages] == [2, 2, 1]
+        assert sequence_numbers(pages) == [str(first + n) for n in range(5)]
+        assert pages[0]["Records"][0]["dynamodb"]["NewImage"] == {
+            "pk": {"S": "a"},
+            "n": {"N": "5"},
+        }
+        assert bodies[0].startswith(b'{"Records":[' + raw[0] + b"," + raw[1] + b"]")
+
+    async def test_loaded_records_are_the_streams(
+        self, stream: MemoryStream, server: LocalStreamsServer, client: Any
+    ) -> None:
+        shard_id = stream.add_shard()
+        server.load_pages(shard_id, [wire_page(wire_record(10**20 + 7, pk="b"))])
+        later = stream.put(shard_id, "INSERT", {"pk": "c"})
+        (loaded, put) = stream.records(shard_id)
+        assert (loaded.shard_id, loaded.sequence_number, loaded.keys) == (
+            shard_id,
+            str(10**20 + 7),
+            {"pk": "b"},
+        )
+        assert put == later
+        assert int(later.sequence_number) > 10**20 + 7  # puts are numbered after them
+        after = await iterator(
+            client, server, shard_id, "AFTER_SEQUENCE_NUMBER", SequenceNumber=str(10**20 + 7)
+        )
+        page = await client.get_records(ShardIterator=after)
+        assert sequence_numbers([page]) == [later.sequence_number]
+
+    @pytest.mark.parametrize(
+        ("sequences", "problem"),
+        [
+            pytest.param([10**20 + 2, 10**20 + 1], "not above", id="falling"),
+            pytest.param([10**20 + 1, 10**20 + 1], "not above", id="repeated"),
+            pytest.param([12345], "21 to 40 digits", id="too-short"),
+        ],
+    )
+    def test_sequence_numbers_must_rise(
+        self, stream: MemoryStream, server: LocalStreamsServer, sequences: list[int], problem: str
+    ) -> None:
+        shard_id = stream.add_shard()
+        with pytest.raises(SourceError, match=problem):
+            server.load_pages(shard_id, [wire_page(*(wire_record(n) for n in sequences))])
+        assert stream.records(shard_id) == []  # nothing of a bad load is kept
+
+    def test_a_closed_shard_takes_no_pages(
+        self, stream: MemoryStream, server: LocalStreamsServer
+    ) -> None:
+        shard_id = stream.add_shard()
+        stream.close(shard_id)
+        with pytest.raises(SourceError, match="closed"):
+            server.load_pages(shard_id, [wire_page(wire_record(10**20 + 1))])
+
+
 class TestFaults:
     @pytest.mark.parametrize(
         ("kind", "operation", "code", "status"),
