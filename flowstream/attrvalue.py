@@ -1,10 +1,12 @@
 """The DynamoDB AttributeValue codec: DynamoDB JSON (``{"S": "x"}``, ``{"N": "1"}``, ...)
 to plain Python values and back.
 
-Decoding is on the hot path of every stream consumer, so it works on already-parsed JSON
-(plain dicts and lists), dispatches on the type tag through a dict, decodes strings and
-plain integers without a call, and builds the attribute path of an error (``NewImage.
-address.zip``) only while that error propagates, never on the success path.
+Decoding is on the hot path of every stream consumer. Parsed JSON (plain dicts and
+lists) goes through `decode`, which dispatches on the type tag through a dict, decodes
+strings and plain integers without a call, and builds the attribute path of an error
+(``NewImage.address.zip``) only while that error propagates, never on the success path.
+Records decode their keys and images from JSON text with `_decode_json`, which takes
+apart the dicts it parsed itself and falls back to `decode` for anything unusual.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import sys
 from collections.abc import Callable, Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final, Literal
+
+import msgspec
 
 from flowstream.errors import AttributeValueError
 
@@ -408,6 +412,138 @@ def decode_value(value: Mapping[str, Any], *, path: str = "") -> Any:
         raise AttributeValueError(_join_path(path, failure.parts), failure.problem) from None
     except RecursionError:
         raise _too_deep(path, encoding=False) from None
+
+
+# ------------------------------------------------------- decoding DynamoDB JSON text
+#
+# Records keep their keys and images as raw JSON and decode them here on first access.
+# The dicts msgspec parses the text into are ours, so the walk takes each
+# AttributeValue apart with popitem() (no items view, no iterator, and a second tag is
+# simply what is left behind), converts strings and numbers inline, and uses no error
+# machinery at all: anything unusual makes `_decode_json` return None, and the caller
+# takes the exact path above, which gives the same values and reports errors.
+
+
+class _Unusual(Exception):
+    """Internal: the fast walk met something only the exact path handles."""
+
+
+_JSON: Final = msgspec.json.Decoder()
+
+# Decoded N text -> value, for short texts: numbers of a few digits repeat in a stream
+# (counts, flags, versions, small prices), and a dict lookup is cheaper than checking
+# and converting the text; values are immutable, so sharing them is safe. Longer numbers
+# (ids, timestamps, coordinates) rarely repeat and are not kept. Cleared when full, so
+# memory stays bounded.
+_NUMBERS: Final[dict[str, int | Decimal]] = {}
+_NUMBERS_MAX: Final = 4096
+_NUMBERS_TEXT: Final = 8
+
+# What DynamoDB writes: an integer, or a fraction whose last digit is not zero; within
+# 38 characters that is within every limit (see _decode_n). [0-9] is ASCII only.
+_PLAIN_NUMBER: Final = re.compile(r"-?[0-9]+(\.[0-9]*[1-9])?")
+
+
+def _number(text: str) -> int | Decimal:
+    """N text the cache does not hold -> int or Decimal, exactly as `_decode_n`."""
+    match = _PLAIN_NUMBER.fullmatch(text) if len(text) <= _MAX_DIGITS else None
+    if match is None:
+        value = _decode_n(text)  # the exact checks; raises _Failure for bad text
+    elif match.lastindex is None:
+        value = int(text)
+    else:
+        value = Decimal(text)
+    if len(text) <= _NUMBERS_TEXT:
+        if len(_NUMBERS) >= _NUMBERS_MAX:
+            _NUMBERS.clear()
+        _NUMBERS[text] = value
+    return value
+
+
+def _walk_map(values: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    cached = _NUMBERS.get
+    for key, av in values.items():
+        tag, value = av.popitem()
+        if av:
+            raise _Unusual  # a second tag
+        if tag == "S":
+            if type(value) is not str:
+                raise _Unusual
+        elif tag == "N":
+            number = cached(value)
+            value = _number(value) if number is None else number
+        else:
+            value = _walk_other(tag, value)
+        out[key] = value
+    return out
+
+
+def _walk_list(values: list[Any]) -> list[Any]:
+    out: list[Any] = []
+    append = out.append
+    cached = _NUMBERS.get
+    for av in values:
+        tag, value = av.popitem()
+        if av:
+            raise _Unusual  # a second tag
+        if tag == "S":
+            if type(value) is not str:
+                raise _Unusual
+        elif tag == "N":
+            number = cached(value)
+            value = _number(value) if number is None else number
+        else:
+            value = _walk_other(tag, value)
+        append(value)
+    return out
+
+
+def _walk_other(tag: str, value: Any) -> Any:
+    if tag == "M":
+        if type(value) is dict:
+            return _walk_map(value)
+    elif tag == "L":
+        if type(value) is list:
+            return _walk_list(value)
+    elif tag == "BOOL":
+        if value is True or value is False:
+            return value
+    elif tag == "NULL":
+        if value is True:
+            return None
+    elif tag == "B":
+        if type(value) is str:
+            return binascii.a2b_base64(value, strict_mode=True)
+    elif tag == "SS":
+        return _decode_ss(value)
+    elif tag == "NS":
+        return _decode_ns(value)
+    elif tag == "BS":
+        return _decode_bs(value)
+    raise _Unusual  # an unknown tag, or a value of the wrong type
+
+
+def _decode_json(text: bytes | bytearray | memoryview | msgspec.Raw) -> dict[str, Any] | None:
+    """An item, image or key map as DynamoDB JSON text -> a dict of Python values, as
+    `decode(msgspec.json.decode(text))` gives it; None when that exact path must run
+    (invalid or unusual text: it raises the right error or handles the rarity)."""
+    try:
+        values = _JSON.decode(text)
+        if type(values) is not dict:
+            return None
+        return _walk_map(values)
+    except (
+        msgspec.DecodeError,  # not JSON
+        _Failure,  # a bad number, base64 text or set
+        _Unusual,
+        AttributeError,  # an AttributeValue that is not an object
+        KeyError,  # an AttributeValue without a tag
+        TypeError,  # an N value that is not a str
+        ValueError,  # bad base64 (binascii.Error)
+        RecursionError,
+    ):
+        return None
 
 
 # --------------------------------------------------------------------------- encoding

@@ -270,6 +270,10 @@ _ENCODER: Final = msgspec.json.Encoder()
 
 
 def _decode_image(raw: msgspec.Raw, path: str) -> dict[str, Any]:
+    fast = attrvalue._decode_json(raw)
+    if fast is not None:
+        return fast
+    # The exact path: the same values for unusual input, and the error for bad input.
     try:
         item = msgspec.json.decode(raw)
     except msgspec.DecodeError as exc:

@@ -6,6 +6,7 @@ import base64
 import contextlib
 import datetime
 import enum
+import random
 from collections import OrderedDict
 from collections.abc import Iterator
 from decimal import Decimal
@@ -890,3 +891,168 @@ class TestRoundTrip:
         for level in range(12):
             value = {"level": level, "inner": value} if level % 2 else [level, value]
         assert_same(decode(encode({"doc": value}))["doc"], value)
+
+
+def exact(text: str | bytes) -> dict[str, Any]:
+    """What the exact path gives for DynamoDB JSON text."""
+    return decode(msgspec.json.decode(text))
+
+
+class TestDecodeJsonText:
+    """`_decode_json`, the fast path records decode keys and images with: for any text it
+    gives what `decode(msgspec.json.decode(text))` gives, or None (then the record takes
+    that exact path, which also reports errors)."""
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            pytest.param("{}", id="empty-item"),
+            pytest.param('{"s":{"S":"x"},"e":{"S":""},"u":{"S":"žluť 🐍"}}', id="S"),
+            pytest.param(r'{"s":{"S":"a \"q\" \\ \n \t \/ end"}}', id="S-escapes"),
+            pytest.param('{"s":{"S":"a, b, c"},"t":{"SS":["x,y","z"]}}', id="commas-in-strings"),
+            pytest.param(
+                '{"a":{"N":"0"},"b":{"N":"-0"},"c":{"N":"42"},"d":{"N":"-17"},'
+                '"e":{"N":"1.5"},"f":{"N":"-0.001"},"g":{"N":"123456789.25"},'
+                '"h":{"N":"12345678901234567890123456789012345678"},'
+                '"i":{"N":"-1.2345678901234567890123456789012345678"}}',
+                id="N",
+            ),
+            pytest.param('{"b":{"B":"aGVsbG8="},"e":{"B":""}}', id="B"),
+            pytest.param('{"t":{"BOOL":true},"f":{"BOOL":false},"n":{"NULL":true}}', id="literals"),
+            pytest.param(
+                '{"ss":{"SS":["a","b"]},"ns":{"NS":["1","2.5","-3"]},"bs":{"BS":["AA==","AQ=="]},'
+                '"empty":{"SS":[]}}',
+                id="sets",
+            ),
+            pytest.param(
+                '{"m":{"M":{"a":{"L":[{"N":"1"},{"M":{"b":{"SS":["x"]}}},{"NULL":true},'
+                '{"L":[]}]},"c":{"M":{}}}}}',
+                id="nested",
+            ),
+            pytest.param('{"pk":{"S":"user#1"},"sk":{"N":"7"}}', id="keys"),
+        ],
+    )
+    def test_what_dynamodb_writes_takes_the_fast_path(self, text: str) -> None:
+        fast = attrvalue._decode_json(text.encode())
+        assert fast is not None
+        assert_same(fast, exact(text))
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            pytest.param('{"a":{"N":"1.0"},"b":{"N":"1E+2"},"c":{"N":"+3"}}', id="N-integral"),
+            pytest.param('{"a":{"N":"007"},"b":{"N":".5"},"c":{"N":"1.50"}}', id="N-unusual"),
+            pytest.param('{"a":{"N":"-0.0"},"b":{"N":"1e2"},"c":{"N":"1.5E-7"}}', id="N-exponent"),
+            pytest.param(f'{{"a":{{"N":"{MAX_38}"}}}}', id="N-largest"),
+            pytest.param('{"a":{"NS":["1.0","1E+2","1"]}}', id="NS-unusual"),
+            pytest.param('{ "a" : { "S" : "x" } ,\n "b" : {"N": "1"} }', id="whitespace"),
+            pytest.param(r'{"a":{"\u0053":"x"},"\u0062":{"N":"1"}}', id="escaped-keys"),
+            pytest.param(r'{"a":{"S":"x\u002c y, z"}}', id="escaped-comma"),
+            pytest.param('{"a":{"S":"x"},"a":{"S":"y"}}', id="duplicate-name"),
+            pytest.param('{"a":{"S":"x","S":"y"}}', id="duplicate-tag"),
+            pytest.param('{"a,b":{"S":"x"},"c":{"M":{"d,e":{"N":"1"}}}}', id="comma-in-name"),
+            pytest.param('{"a":{"SS":["x","x"]}}', id="SS-duplicates"),
+            pytest.param('{"S":{"S":"x"},"N":{"M":{"N":{"N":"1"}}}}', id="names-like-tags"),
+        ],
+    )
+    def test_unusual_text_gives_the_exact_values(self, text: str) -> None:
+        fast = attrvalue._decode_json(text.encode())
+        if fast is not None:
+            assert_same(fast, exact(text))
+
+    def test_deep_nesting(self) -> None:
+        text = msgspec.json.encode({"doc": nest_map(16, nest_list(16, {"N": "1.25"}))})
+        fast = attrvalue._decode_json(text)
+        assert fast is not None
+        assert_same(fast, exact(text))
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            pytest.param('{"a":{"S":"x","N":"1"}}', id="two-tags"),
+            pytest.param('{"a":{"N":"1","S":"x"}}', id="two-tags-reversed"),
+            pytest.param('{"a":{"S":"x" , "N":"1"}}', id="two-tags-whitespace"),
+            pytest.param('{"a":{"S":"x, y","N":"1"}}', id="two-tags-comma-in-string"),
+            pytest.param(r'{"a":{"S":"x\u002c","N":"1"}}', id="two-tags-escaped-comma"),
+            pytest.param(r'{"a":{"S":"x","\u004e":"1"}}', id="two-tags-escaped-key"),
+            pytest.param('{"a":{"M":{"b":{"S":"x","M":{}}}}}', id="two-tags-in-map"),
+            pytest.param('{"a":{"L":[{"S":"x"},{"BOOL":true,"NULL":true}]}}', id="two-in-list"),
+            pytest.param('{"a":{"S":null,"N":"1"}}', id="null-and-tag"),
+            pytest.param('{"a":{}}', id="no-tag"),
+            pytest.param('{"a":{"Q":"1"}}', id="unknown-tag"),
+            pytest.param('{"a":{"NULL":false}}', id="NULL-false"),
+            pytest.param('{"a":"x"}', id="bare-value"),
+            pytest.param('{"a":{"S":1}}', id="S-number"),
+            pytest.param('{"a":{"N":"x"}}', id="N-text"),
+            pytest.param('{"a":{"N":"1,5"}}', id="N-comma"),
+            pytest.param('{"a":{"N":"NaN"}}', id="N-nan"),
+            pytest.param('{"a":{"N":"1E+200"}}', id="N-too-large"),
+            pytest.param('{"a":{"NS":["1","x"]}}', id="NS-text"),
+            pytest.param('{"a":{"B":"not base64"}}', id="B-invalid"),
+            pytest.param('{"a":{"BS":["AA==","?"]}}', id="BS-invalid"),
+            pytest.param('{"a":{"SS":[1]}}', id="SS-number"),
+            pytest.param('{"a":{"M":[]}}', id="M-list"),
+            pytest.param('{"a":{"L":{}}}', id="L-object"),
+        ],
+    )
+    def test_bad_items_take_the_exact_path(self, text: str) -> None:
+        assert attrvalue._decode_json(text.encode()) is None
+        with pytest.raises(AttributeValueError):
+            exact(text)
+
+    @pytest.mark.parametrize("text", ['["x"]', "[]", '"x"', "{", "", '{"a":{"S":"x"}} x'])
+    def test_text_that_is_not_an_item(self, text: str) -> None:
+        assert attrvalue._decode_json(text.encode()) is None
+
+    def test_takes_raw_and_buffers(self) -> None:
+        text = b'{"a":{"N":"1"}}'
+        for form in (text, bytearray(text), memoryview(text), msgspec.Raw(text)):
+            assert attrvalue._decode_json(form) == {"a": 1}
+
+    def test_random_items_decode_as_the_exact_path_does(self) -> None:
+        rng = random.Random(6)
+
+        def value(depth: int) -> Any:
+            kind = rng.randrange(12 if depth < 4 else 8)
+            if kind == 0:
+                return rng.choice(["", "x", "a, b", 'q"uote', "back\\slash", "ünï", "\u2028"])
+            if kind == 1:
+                return rng.randint(1 - 10**38, 10**38 - 1) // 10 ** rng.randrange(38)
+            if kind == 2:
+                return Decimal(rng.randint(-(10**20), 10**20)).scaleb(-rng.randrange(25))
+            if kind == 3:
+                return rng.random() < 0.5
+            if kind == 4:
+                return None
+            if kind == 5:
+                return rng.randbytes(rng.randrange(8))
+            if kind == 6:
+                return {rng.choice(["a", "b, c", "d"]) for _ in range(rng.randint(1, 3))}
+            if kind == 7:
+                return {Decimal(rng.randint(-99, 99)).scaleb(-rng.randrange(3)) for _ in "ab"}
+            if kind in (8, 9):
+                return {f"k{i}": value(depth + 1) for i in range(rng.randrange(4))}
+            return [value(depth + 1) for _ in range(rng.randrange(4))]
+
+        taken = 0
+        for _ in range(300):
+            item = {f"attr{i}": value(0) for i in range(rng.randrange(1, 8))}
+            text = msgspec.json.encode(encode(item))
+            fast = attrvalue._decode_json(text)
+            assert fast is not None, text
+            assert_same(fast, exact(text))
+            assert_same(fast, decode(encode(item)))
+            taken += 1
+        assert taken == 300
+
+    def test_the_number_cache_stays_bounded_and_exact(self) -> None:
+        text = msgspec.json.encode(
+            {f"n{i}": {"N": str(i)} for i in range(3 * attrvalue._NUMBERS_MAX)}
+            | {"d": {"N": "1.25"}, "long": {"N": "123456789012.5"}}
+        )
+        for _ in range(2):  # the second time from the cache
+            fast = attrvalue._decode_json(text)
+            assert fast is not None
+            assert_same(fast, exact(text))
+            assert len(attrvalue._NUMBERS) <= attrvalue._NUMBERS_MAX
+        assert "123456789012.5" not in attrvalue._NUMBERS

@@ -444,6 +444,63 @@ class TestLaziness:
         assert copied.keys == {"pk": "a"}
         assert copied.new_image == {"n": 1}
 
+    @pytest.mark.parametrize(
+        ("image", "path"),
+        [
+            pytest.param('{"pk":{"S":"a"},"zip":{"S":"1","N":"1"}}', "NewImage.zip", id="two-tags"),
+            pytest.param(
+                r'{"pk":{"S":"a"},"zip":{"S":"1\u002c","N":"1"}}',
+                "NewImage.zip",
+                id="two-tags-escaped-comma",
+            ),
+            pytest.param(
+                '{"pk":{"S":"a"},"m":{"M":{"l":{"L":[{"NULL":true,"BOOL":true}]}}}}',
+                "NewImage.m.l[0]",
+                id="two-tags-nested",
+            ),
+        ],
+    )
+    def test_an_attribute_value_with_two_tags_is_an_error(self, image: str, path: str) -> None:
+        record = one(record_json(new_image=image))
+        with pytest.raises(AttributeValueError, match="exactly one type tag") as info:
+            _ = record.new_image
+        assert info.value.path == path
+
+    def test_images_decode_to_the_documented_types(self) -> None:
+        image = (
+            '{"pk":{"S":"a, b"},"n":{"N":"7"},"d":{"N":"-0.25"},"e":{"N":"1E+2"},'
+            '"f":{"N":"2.0"},"b":{"B":"AQI="},"t":{"BOOL":true},"z":{"NULL":true},'
+            '"ss":{"SS":["x"]},"ns":{"NS":["1","1.5"]},"bs":{"BS":["AQI="]},'
+            '"m":{"M":{"l":{"L":[{"N":"3"},{"S":"s"}]}}}}'
+        )
+        record = one(record_json(new_image=image, old_image=image))
+        expected = {
+            "pk": "a, b",
+            "n": 7,
+            "d": Decimal("-0.25"),
+            "e": 100,
+            "f": 2,
+            "b": b"\x01\x02",
+            "t": True,
+            "z": None,
+            "ss": {"x"},
+            "ns": {1, Decimal("1.5")},
+            "bs": {b"\x01\x02"},
+            "m": {"l": [3, "s"]},
+        }
+        for image_value in (record.new_image, record.old_image):
+            assert image_value == expected
+            assert image_value is not None
+            assert [type(image_value[k]) for k in ("n", "d", "e", "f", "b")] == [
+                int,
+                Decimal,
+                int,
+                int,
+                bytes,
+            ]
+        assert record.new_image is not record.old_image
+        assert record.new_image["m"] is not record.old_image["m"]  # type: ignore[index]
+
     def test_repr_names_the_change_and_never_raises(self) -> None:
         good = one(record_json(event_name="REMOVE"), shard_id=SHARD)
         assert repr(good) == (
