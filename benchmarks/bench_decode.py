@@ -269,7 +269,8 @@ def measure(pages: list[bytes], runs: int) -> dict[str, list[float]]:
     """Records per CPU second of every case, one figure per run. In each run every case
     processes all the pages in a row, after a full collection, so that it pays for the
     garbage collection its own objects cause (and none of another case's); the cases
-    take turns run after run, so a slow moment of a shared machine hits them all alike."""
+    take turns run after run, in alternating order, so that a slow moment of a shared
+    machine hits them all alike."""
     events = [json.loads(page) for page in pages]
     inputs = {case.key: events if case.parsed else pages for case in CASES}
     rates: dict[str, list[float]] = {case.key: [] for case in CASES}
@@ -277,8 +278,9 @@ def measure(pages: list[bytes], runs: int) -> dict[str, list[float]]:
     with one_core():
         for case in CASES:  # warm-up: first-call caches, imports
             case.run(inputs[case.key][0])
-        for _ in range(runs):
-            for case in CASES:
+        for number in range(runs):
+            # forwards, then backwards: no case is always measured just after another
+            for case in CASES if number % 2 == 0 else CASES[::-1]:
                 run, data = case.run, inputs[case.key]
                 gc.collect()
                 count = 0
@@ -305,7 +307,7 @@ def _ratio(value: float) -> str:
 def sections(*, quick: bool = False) -> list[Section]:
     """The decode-and-operators tables: every row as a ratio to baseline A (and to C and
     the msgspec plain-decode limit, which the targets use), then the targets."""
-    return measured_sections(pages=4 if quick else 8, runs=5 if quick else 7)
+    return measured_sections(pages=4 if quick else 8, runs=5 if quick else 9)
 
 
 def measured_sections(*, pages: int, runs: int) -> list[Section]:
@@ -390,7 +392,7 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="4 pages and 5 runs")
     parser.add_argument("--pages", type=int, help="pages of ~1 MB (default 8)")
-    parser.add_argument("--runs", type=int, help="runs of every case (default 7, at least 5)")
+    parser.add_argument("--runs", type=int, help="runs of every case (default 9, at least 5)")
     parser.add_argument("--write", action="store_true", help="write docs/performance.md")
     parser.add_argument("--profile", choices=list(_BY_KEY), help="profile one case and stop")
     args = parser.parse_args()
@@ -400,7 +402,7 @@ def main() -> None:
     if args.runs is not None and args.runs < 5:
         parser.error("--runs must be at least 5 (min/median/max of at least 5 runs)")
     found = measured_sections(
-        pages=args.pages or (4 if args.quick else 8), runs=args.runs or (5 if args.quick else 7)
+        pages=args.pages or (4 if args.quick else 8), runs=args.runs or (5 if args.quick else 9)
     )
     for section in found:
         print(section.title, text_table(section.header, section.rows), "", sep="\n")
