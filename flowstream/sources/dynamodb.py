@@ -357,6 +357,7 @@ class _DynamoDBReader(ShardReader):
         self._iterator: str | None = None
         self._last_read: str | None = None
         self._next_poll = 0.0
+        self._polled_at = 0.0  # when the last GetRecords was sent
         self._empty_polls = 0
 
     async def read(self) -> Page:
@@ -371,7 +372,8 @@ class _DynamoDBReader(ShardReader):
                 if self._iterator is None:  # the shard ended before the position
                     self._session.shard_ended(self._shard.shard_id)
                     return Page([], caught_up=True, ended=True, note=note)
-            self._next_poll = anyio.current_time() + self._source.min_poll_gap
+            self._polled_at = anyio.current_time()
+            self._next_poll = self._polled_at + self._source.min_poll_gap
             try:
                 response = await self._session.client.get_records(
                     ShardIterator=self._iterator, Limit=self._source.page_limit
@@ -419,13 +421,14 @@ class _DynamoDBReader(ShardReader):
             self._last_read = records[-1].sequence_number
             self._empty_polls = 0
         elif not ended:
-            # Poll an idle shard less and less often, up to the idle interval.
+            # Poll an idle shard less and less often, up to the idle interval, counted
+            # from when the last poll was sent: a shard is polled once per interval.
             self._empty_polls += 1
             wait = min(
                 self._source.idle_interval,
                 self._source.min_poll_gap * 2 ** (self._empty_polls - 1),
             )
-            self._next_poll = max(self._next_poll, anyio.current_time() + wait)
+            self._next_poll = max(self._next_poll, self._polled_at + wait)
         return Page(records, caught_up=not records or ended, ended=ended, note=note)
 
     async def _renew_iterator(self) -> str | None:
@@ -475,7 +478,7 @@ def dynamodb(
     endpoint_url: str | None = None,
     region: str | None = None,
     session: AioSession | None = None,
-    idle_interval: float = 1.0,
+    idle_interval: float = 0.25,
     max_polls_per_second: float = 5.0,
     page_limit: int = 1000,
     discovery_interval: float = 30.0,

@@ -3,6 +3,7 @@ many shards, splits, the rollover, and every injected fault."""
 
 from __future__ import annotations
 
+import itertools
 import random
 import sys
 import time
@@ -353,6 +354,42 @@ class TestPolling:
         # empty polls wait 0.02, 0.04, 0.08, 0.16, 0.32, then 0.4 s: 8 polls take >= 1 s,
         # where a fixed 50-per-second poller would have made 8 in 0.16 s
         assert elapsed >= 1.0
+
+    async def test_an_idle_shard_is_polled_once_per_idle_interval_however_slow_a_poll(
+        self, served: tuple[MemoryStream, LocalStreamsServer]
+    ) -> None:
+        stream, server = served
+        shard = stream.add_shard()
+        server.inject("latency", operation="GetRecords", delay=0.2, times=None)
+        polled: list[float] = []
+
+        def count() -> bool:
+            # the server counts a GetRecords when it comes in, before the latency
+            while len(polled) < server.calls[("GetRecords", shard)]:
+                polled.append(time.monotonic())
+            return len(polled) >= 9
+
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+
+            async def run() -> None:
+                source = fast_source(server, idle_interval=0.3, max_polls_per_second=50)
+                await fs.Pipeline(source).to(sinks.collect()).run(stop=stop)
+
+            tg.start_soon(run)
+            await wait_until(count)
+            stop.set()
+        # backed off to the interval: polls 0.3 s apart, counted from when each was
+        # sent (counted from each answer they would be 0.5 s apart)
+        gaps = [b - a for a, b in itertools.pairwise(polled[-3:])]
+        assert all(0.25 < gap < 0.42 for gap in gaps), gaps
+
+    def test_the_default_idle_interval_is_lambdas_pace(self) -> None:
+        # Lambda polls a DynamoDB stream shard 4 times a second: a change on an idle
+        # shard arrives within 250 ms, 125 ms on average (benchmarks/bench_latency.py)
+        source = sources.dynamodb(table="Users")
+        assert source.idle_interval == 0.25
+        assert source.min_poll_gap == 0.2  # 5 GetRecords a second at most
 
 
 class TestStartPositions:
