@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import anyio
+import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from flowstream.deadletter import DeadLetter, Reason
@@ -91,7 +92,8 @@ class ShardRunner:
     stream: str = ""
     _polling: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     _stopping: bool = False
-    _stop_requested: anyio.Event = field(default_factory=anyio.Event)
+    # Made by the first wait to retry: an idle shard (most of 1,000) never needs one.
+    _stop_requested: anyio.Event | None = None
 
     def stop(self) -> None:
         """Stop polling; the page being delivered finishes, later ones are left for the
@@ -99,7 +101,8 @@ class ShardRunner:
         is read again by the next run."""
         self._stopping = True
         self._polling.cancel()
-        self._stop_requested.set()
+        if self._stop_requested is not None:
+            self._stop_requested.set()
 
     async def run(self) -> ShardState:
         send, receive = anyio.create_memory_object_stream[_Work](1)
@@ -121,10 +124,17 @@ class ShardRunner:
                 self.report.read += len(page.records)
                 if page.note:
                     self.report.notes.append(page.note)
+                if not (page.records or page.ended or (self.drain and page.caught_up)):
+                    # An idle poll: nothing to deliver, so the consumer sleeps on (a
+                    # reader that never waits must still let other tasks run).
+                    await anyio.lowlevel.checkpoint()
+                    continue
                 if not await self._process_page(page, send):
                     return  # stopped at a record that failed for good
                 if page.ended or (self.drain and page.caught_up):
                     return
+                # Not kept while the next read waits: a lazy record holds its page's body.
+                del page
 
     async def _process_page(self, page: Page, send: MemoryObjectSendStream[_Work]) -> bool:
         """Process a page; records over the age limit are dead-lettered unprocessed.
@@ -283,6 +293,9 @@ class ShardRunner:
                 return ShardState.ENDED
             if self.drain and work.caught_up:
                 return ShardState.CAUGHT_UP
+            # An idle shard waits here for its next page, possibly for hours: it must not
+            # keep this one (a lazy record holds its page's whole body) alive meanwhile.
+            del work, p, stop, letters
         return ShardState.INTERRUPTED
 
     def _stopped(self, records: list[Record], stop: _Stop, failed: int) -> ShardState:
@@ -380,9 +393,13 @@ class ShardRunner:
 
     async def wait_to_retry(self, delay: float) -> bool:
         """Wait `delay` seconds; False when a stop came first."""
+        if self._stopping:
+            return False
+        if self._stop_requested is None:
+            self._stop_requested = anyio.Event()
         with anyio.move_on_after(delay):
             await self._stop_requested.wait()
-        return not self._stop_requested.is_set()
+        return not self._stopping
 
 
 @dataclass(slots=True)
