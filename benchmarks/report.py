@@ -87,9 +87,23 @@ to the baselines beside them do not. Reproduce everything with
 """
 
 
-def write_page(sections: list[Section], path: Path = ROOT / "docs" / "performance.md") -> None:
-    """Write `docs/performance.md` from `sections`."""
-    body = [INTRO, f"Measured: {machine()}.", ""]
+def write_page(
+    sections: list[Section],
+    path: Path = ROOT / "docs" / "performance.md",
+    *,
+    merge: bool = False,
+) -> None:
+    """Write `docs/performance.md` from `sections`. With `merge`, the page's other
+    sections stay as they are and only those with the same titles are replaced (a rerun
+    of one benchmark)."""
+    blocks: dict[str, str] = {}
+    if merge and path.exists():
+        for block in path.read_text().split("\n## ")[1:]:
+            title = block.split("\n", 1)[0]
+            blocks[title] = "## " + block.rstrip() + "\n"
     for section in sections:
-        body += [section.markdown(), ""]
+        blocks[section.title] = section.markdown()
+    body = [INTRO, f"Measured: {machine()}.", ""]
+    for block in blocks.values():
+        body += [block.rstrip(), ""]
     path.write_text("\n".join(body))

@@ -33,6 +33,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer runs and records")
     parser.add_argument("--only", help="comma-separated: " + ",".join(n for n, _ in BENCHMARKS))
     parser.add_argument("--no-write", action="store_true", help="do not write the page")
+    # with --only, the page keeps the other benchmarks' sections and replaces these
     args = parser.parse_args()
     chosen = [n for n, _ in BENCHMARKS] if not args.only else args.only.split(",")
     unknown = set(chosen) - {n for n, _ in BENCHMARKS}
@@ -56,7 +57,7 @@ def main() -> int:
         gc.collect()
         print(f"({name}: {time.perf_counter() - started:.0f}s)\n", flush=True)
     if not args.no_write:
-        write_page(sections)
+        write_page(sections, merge=bool(args.only))
         print("written to docs/performance.md")
     return 0
 

@@ -191,6 +191,43 @@ class Record(
             _set_decoded(self, (parts[0], parts[1], value))
         return value  # type: ignore[no-any-return]
 
+    def new_value(self, name: str, default: Any = None) -> Any:
+        """One attribute of the new image as a Python value (`default` when the image or
+        the attribute is missing), decoding only that attribute: a cache invalidator
+        reading a version number does not pay for the whole image."""
+        return self._value(self.dynamodb.new_image, 1, name, default, "NewImage")
+
+    def old_value(self, name: str, default: Any = None) -> Any:
+        """One attribute of the old image, as `new_value` does for the new one."""
+        return self._value(self.dynamodb.old_image, 2, name, default, "OldImage")
+
+    def _value(self, raw: msgspec.Raw, slot: int, name: str, default: Any, path: str) -> Any:
+        try:
+            decoded = self._decoded[slot]
+        except AttributeError:  # a copy made without __post_init__ (copy.copy, pickle)
+            decoded = msgspec.UNSET
+        if decoded is not msgspec.UNSET:  # the whole image is decoded already
+            return default if decoded is None else decoded.get(name, default)
+        if not raw:
+            return default
+        try:
+            attributes = _ATTRIBUTES.decode(raw)
+        except msgspec.DecodeError:
+            # not an object of attributes: the whole-image path reports it exactly
+            image = _decode_image(raw, path)
+            return image.get(name, default)
+        value = attributes.get(name)
+        if value is None:
+            return default
+        one = attrvalue._decode_json(b'{"v":' + bytes(value) + b"}")
+        if one is not None:
+            return one["v"]
+        try:
+            parsed = msgspec.json.decode(value)
+        except msgspec.DecodeError as exc:
+            raise RecordDecodeError(f"{path}.{name} is not valid JSON: {exc}") from None
+        return attrvalue.decode_value(parsed, path=f"{path}.{name}")
+
     @property
     def approximate_creation_time(self) -> datetime | None:
         """When the change was made (aware, UTC; DynamoDB rounds it to the second)."""
@@ -267,6 +304,10 @@ class _Page(msgspec.Struct, gc=False):
 
 _PAGE_DECODER: Final = msgspec.json.Decoder(_Page)
 _ENCODER: Final = msgspec.json.Encoder()
+
+
+#: An image's attributes, each left as its JSON text: one can be decoded alone.
+_ATTRIBUTES: Final = msgspec.json.Decoder(dict[str, msgspec.Raw])
 
 
 def _decode_image(raw: msgspec.Raw, path: str) -> dict[str, Any]:
