@@ -474,16 +474,31 @@ class _Delivery:
         self._tries: dict[int, _Tries] = {}
         self._given_up: set[int] = set()
         #: errors of a SendResult(retryable=False): none of them can be retried
-        self._final: set[int] = set()
+        self._final: list[BaseException] = []
 
     async def run(self) -> None:
         await self._deliver(None, bisecting=False)
+        self._count_failed()
+
+    def _count_failed(self) -> None:
+        """Count the items that failed for good: the one a stop is at, or those
+        dead-lettered before any stop (what lies past a stop is read again)."""
+        stop = self.stop
+        if self.policy.dead_letter is None:
+            failed = 1 if stop is not None and not stop.interrupted else 0
+        else:
+            given_up = [self.origins[k] for k in self._given_up]
+            failed = len(
+                given_up if stop is None else [o for o in given_up if o < stop.record_index]
+            )
+        self.stats.failed += failed
+        if not self.letters_only:
+            self.runner.report.failed += failed  # a failed letter is its record's, counted
 
     async def _deliver(self, items: list[int] | None, *, bisecting: bool) -> bool:
         """Deliver `items` (None: the whole batch); False when a stop interrupted."""
         pending = items
         retries = self.policy.retries
-        batch_failures = 0
         while True:
             if pending is not None:
                 pending = [k for k in pending if k < self.limit and k not in self._given_up]
@@ -503,24 +518,31 @@ class _Delivery:
             group = _same_error_run(order, first, failed)
             if len(group) > 1:
                 # The sink could not say which items are to blame.
-                batch_failures += 1
+                held = order[: order.index(first)]
+                if held:
+                    # items held back before the failing run go first, in order
+                    if not await self._deliver(held, bisecting=bisecting):
+                        return False
+                    order = order[len(held) :]
                 if not bisecting:
                     # a failed call counts against each item's retries; a call made
                     # only to find the item to blame does not
                     for k in group:
                         self._tries[k].alone += 1
-                if (
-                    not bisecting
-                    and self._retryable(first, error)
-                    and batch_failures <= retries
-                    and not self._too_old(first, now)
-                ):
-                    if not await self._wait(batch_failures, [error], len(group), order):
+                    old = [k for k in group if self._too_old(k, now)]
+                    for k in old:
+                        self._give_up(k, error, now)
+                    if old:
+                        group = [k for k in group if k not in self._given_up]
+                        order = [k for k in order if k not in self._given_up]
+                attempt = max((self._tries[k].alone for k in group), default=0)
+                if group and not bisecting and self._retryable(first, error) and attempt <= retries:
+                    if not await self._wait(attempt, [error], len(group), order):
                         return False
                     pending = order
                     continue
                 grouped = set(group)
-                if self.policy.bisect:
+                if len(group) > 1 and self.policy.bisect:
                     mid = len(group) // 2
                     for half in (group[:mid], group[mid:]):
                         if not await self._deliver(half, bisecting=True):
@@ -566,7 +588,7 @@ class _Delivery:
         else:
             failed, retryable = _outcome(result, len(batch), stats.name)
             if not retryable:
-                self._final.update(id(e) for e in failed.values())
+                self._final.extend(failed.values())
         delivered = len(batch) - len(failed)
         stats.delivered += delivered
         if not self.letters_only:
@@ -576,7 +598,7 @@ class _Delivery:
         return {items[j]: e for j, e in failed.items()}
 
     def _retryable(self, k: int, error: BaseException) -> bool:
-        return id(error) not in self._final and _retryable(error)
+        return _retryable(error) and not any(e is error for e in self._final)
 
     def _too_old(self, k: int, now: datetime) -> bool:
         return self.policy.too_old(self.batch.records[k], now)
@@ -585,9 +607,6 @@ class _Delivery:
         if k in self._given_up or k >= self.limit:
             return
         self._given_up.add(k)
-        self.stats.failed += 1
-        if not self.letters_only:
-            self.runner.report.failed += 1  # a letter that fails is its record's, counted
         tries = self._tries.get(k) or _Tries()
         sink = self.policy.dead_letter
         if sink is None:
