@@ -7,7 +7,8 @@ import io
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from aiobotocore.session import AioSession
 
@@ -206,26 +207,21 @@ def _stream_large_body(request: Any, **_: Any) -> None:
         request.body = io.BytesIO(body)
 
 
+@dataclass(eq=False, repr=False, kw_only=True)
 class AwsSink(Sink):
     """A sink that talks to one AWS service through an aiobotocore client opened per run.
 
-    Subclasses name the `service` and build their writer from the client.
+    Subclasses are dataclasses too (``@dataclass(eq=False, repr=False)``, the
+    destination first, then ``_: KW_ONLY`` and their options): the connection settings
+    come from here. They name the `service` and build their writer from the client.
     """
 
-    service: str
+    service: ClassVar[str]
 
-    def __init__(
-        self,
-        *,
-        endpoint_url: str | None = None,
-        region: str | None = None,
-        session: AioSession | None = None,
-        max_connections: int = 64,
-    ) -> None:
-        self.endpoint_url = endpoint_url
-        self.region = region
-        self.session = session
-        self.max_connections = max_connections
+    endpoint_url: str | None = None
+    region: str | None = None
+    session: AioSession | None = None
+    max_connections: int = 64
 
     def open(self) -> AbstractAsyncContextManager[SinkWriter]:
         return self._open()

@@ -10,8 +10,9 @@ other: an item's changes land in order.
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Mapping
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any, Final, final
+from typing import Any, ClassVar, Final, final
 
 import anyio
 from aiobotocore.session import AioSession
@@ -47,27 +48,13 @@ _Key = tuple[tuple[str, Any], ...]
 
 
 @final
+@dataclass(eq=False, repr=False)
 class DynamoDBSink(AwsSink):
     """Writes elements to a DynamoDB table. Build it with `sinks.dynamodb()`."""
 
-    service = "dynamodb"
+    service: ClassVar[str] = "dynamodb"
 
-    def __init__(
-        self,
-        table: str,
-        *,
-        endpoint_url: str | None,
-        region: str | None,
-        session: AioSession | None,
-        max_connections: int,
-    ) -> None:
-        super().__init__(
-            endpoint_url=endpoint_url,
-            region=region,
-            session=session,
-            max_connections=max_connections,
-        )
-        self.table = table
+    table: str
 
     def describe(self) -> str:
         return f"dynamodb({self.table})"

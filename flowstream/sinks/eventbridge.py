@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import Any, Final, final
+from dataclasses import KW_ONLY, dataclass
+from typing import Any, ClassVar, Final, final
 
 import msgspec
 from aiobotocore.session import AioSession
@@ -49,35 +50,18 @@ _JSON_CHECK: Final = msgspec.json.Decoder()
 
 
 @final
+@dataclass(eq=False, repr=False)
 class EventBridgeSink(AwsSink):
     """Puts elements as events on an EventBridge bus. Build it with `sinks.eventbridge()`."""
 
-    service = "events"
+    service: ClassVar[str] = "events"
 
-    def __init__(
-        self,
-        bus: str,
-        *,
-        source: str | Callable[[Any, Record], str],
-        detail_type: str | Callable[[Any, Record], str],
-        resources: Resources | None,
-        encode: Callable[[Any], bytes | str] | None,
-        endpoint_url: str | None,
-        region: str | None,
-        session: AioSession | None,
-        max_connections: int,
-    ) -> None:
-        super().__init__(
-            endpoint_url=endpoint_url,
-            region=region,
-            session=session,
-            max_connections=max_connections,
-        )
-        self.bus = bus
-        self.source = source
-        self.detail_type = detail_type
-        self.resources = resources
-        self.encode = encode
+    bus: str
+    _: KW_ONLY
+    source: str | Callable[[Any, Record], str]
+    detail_type: str | Callable[[Any, Record], str]
+    resources: Resources | None
+    encode: Callable[[Any], bytes | str] | None
 
     def describe(self) -> str:
         return f"eventbridge({self.bus})"

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Hashable
-from typing import Any, Final, final
+from dataclasses import KW_ONLY, dataclass
+from typing import Any, ClassVar, Final, final
 
 from aiobotocore.session import AioSession
 
@@ -48,31 +49,16 @@ MAX_PARTITION_KEY: Final = 256
 
 
 @final
+@dataclass(eq=False, repr=False)
 class KinesisSink(AwsSink):
     """Puts elements into a Kinesis data stream. Build it with `sinks.kinesis()`."""
 
-    service = "kinesis"
+    service: ClassVar[str] = "kinesis"
 
-    def __init__(
-        self,
-        stream: str,
-        *,
-        partition_key: PartitionKey,
-        encode: Callable[[Any], bytes | str] | None,
-        endpoint_url: str | None,
-        region: str | None,
-        session: AioSession | None,
-        max_connections: int,
-    ) -> None:
-        super().__init__(
-            endpoint_url=endpoint_url,
-            region=region,
-            session=session,
-            max_connections=max_connections,
-        )
-        self.stream = stream
-        self.partition_key = partition_key
-        self.encode = encode
+    stream: str
+    _: KW_ONLY
+    partition_key: PartitionKey
+    encode: Callable[[Any], bytes | str] | None
 
     def describe(self) -> str:
         return f"kinesis({self.stream})"

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Hashable
-from typing import Any, Final, Literal, final
+from dataclasses import KW_ONLY, dataclass
+from typing import Any, ClassVar, Final, Literal, final
 
 import msgspec
 from aiobotocore.session import AioSession
@@ -52,34 +53,18 @@ _RAW_JSON: Final = msgspec.json.Decoder(msgspec.Raw)  # validates without buildi
 
 
 @final
+@dataclass(eq=False, repr=False)
 class LambdaSink(AwsSink):
     """Invokes a Lambda function with elements as payloads. Build it with
     `sinks.lambda_function()`."""
 
-    service = "lambda"
+    service: ClassVar[str] = "lambda"
 
-    def __init__(
-        self,
-        function: str,
-        *,
-        invocation: Invocation,
-        batch_size: int,
-        encode: Callable[[Any], bytes | str] | None,
-        endpoint_url: str | None,
-        region: str | None,
-        session: AioSession | None,
-        max_connections: int,
-    ) -> None:
-        super().__init__(
-            endpoint_url=endpoint_url,
-            region=region,
-            session=session,
-            max_connections=max_connections,
-        )
-        self.function = function
-        self.invocation = invocation
-        self.batch_size = batch_size
-        self.encode = encode
+    function: str
+    _: KW_ONLY
+    invocation: Invocation
+    batch_size: int
+    encode: Callable[[Any], bytes | str] | None
 
     def describe(self) -> str:
         return f"lambda({self.function})"

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Hashable
-from typing import Any, Final, final
+from dataclasses import KW_ONLY, dataclass
+from typing import Any, ClassVar, Final, final
 
 from aiobotocore.session import AioSession
 
@@ -59,39 +60,20 @@ _TOPIC_MISSING: Final = frozenset({"NotFound", "NotFoundException"})
 
 
 @final
+@dataclass(eq=False, repr=False)
 class SnsSink(AwsSink):
     """Publishes elements as messages to an SNS topic. Build it with `sinks.sns()`."""
 
-    service = "sns"
+    service: ClassVar[str] = "sns"
 
-    def __init__(
-        self,
-        topic_arn: str,
-        *,
-        fifo: bool,
-        message_group_id: GroupId,
-        deduplication_id: Callable[[Any, Record], str] | None,
-        attributes: Attributes | None,
-        subject: Subject | None,
-        encode: Encode | None,
-        endpoint_url: str | None,
-        region: str | None,
-        session: AioSession | None,
-        max_connections: int,
-    ) -> None:
-        super().__init__(
-            endpoint_url=endpoint_url,
-            region=region,
-            session=session,
-            max_connections=max_connections,
-        )
-        self.topic_arn = topic_arn
-        self.fifo = fifo
-        self.message_group_id = message_group_id
-        self.deduplication_id = deduplication_id
-        self.attributes = attributes
-        self.subject = subject
-        self.encode = encode
+    topic_arn: str
+    _: KW_ONLY
+    fifo: bool
+    message_group_id: GroupId
+    deduplication_id: Callable[[Any, Record], str] | None
+    attributes: Attributes | None
+    subject: Subject | None
+    encode: Encode | None
 
     def describe(self) -> str:
         return f"sns({self.topic_arn})"

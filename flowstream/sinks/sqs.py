@@ -19,8 +19,9 @@ import math
 import re
 from collections import Counter
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
+from dataclasses import KW_ONLY, dataclass
 from decimal import Decimal
-from typing import Any, Final, final
+from typing import Any, ClassVar, Final, final
 from urllib.parse import urlsplit
 
 import anyio
@@ -95,39 +96,20 @@ NOT_ALLOWED: Final = frozenset({"AccessDenied", "AccessDeniedException", "Author
 
 
 @final
+@dataclass(eq=False, repr=False)
 class SqsSink(AwsSink):
     """Sends elements as messages to an SQS queue. Build it with `sinks.sqs()`."""
 
-    service = "sqs"
+    service: ClassVar[str] = "sqs"
 
-    def __init__(
-        self,
-        queue_url: str,
-        *,
-        fifo: bool,
-        message_group_id: GroupId,
-        deduplication_id: Callable[[Any, Record], str] | None,
-        attributes: Attributes | None,
-        delay: int | None,
-        encode: Encode | None,
-        endpoint_url: str | None,
-        region: str | None,
-        session: AioSession | None,
-        max_connections: int,
-    ) -> None:
-        super().__init__(
-            endpoint_url=endpoint_url,
-            region=region,
-            session=session,
-            max_connections=max_connections,
-        )
-        self.queue_url = queue_url
-        self.fifo = fifo
-        self.message_group_id = message_group_id
-        self.deduplication_id = deduplication_id
-        self.attributes = attributes
-        self.delay = delay
-        self.encode = encode
+    queue_url: str
+    _: KW_ONLY
+    fifo: bool
+    message_group_id: GroupId
+    deduplication_id: Callable[[Any, Record], str] | None
+    attributes: Attributes | None
+    delay: int | None
+    encode: Encode | None
 
     def describe(self) -> str:
         return f"sqs({self.queue_url})"
