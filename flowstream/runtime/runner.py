@@ -334,15 +334,8 @@ class ShardRunner:
             batch = Batch(self.shard.shard_id, values, of)
             step = f"sink {self.sink_reports[i].name}"
             deliveries.append(_Delivery(self, i, batch, origins, policy, step))
-        if len(deliveries) == 1:
-            await deliveries[0].run()
-        else:
-            async with anyio.create_task_group() as tg:
-                for delivery in deliveries:
-                    tg.start_soon(delivery.run)
-        stops = [d.stop for d in deliveries if d.stop is not None]
-        letters = [x for d in deliveries for x in d.letters]
-        return min(stops, key=lambda s: s.record_index) if stops else None, letters
+        stop = await _run_all(deliveries)
+        return stop, [x for d in deliveries for x in d.letters]
 
     async def _dead_letter(self, records: list[Record], letters: list[_Letter]) -> _Stop | None:
         """Send each record's dead letter (one per record, its first failure) to its
@@ -373,12 +366,8 @@ class ShardRunner:
             origins = [x.record_index for x in group]
             batch = Batch(self.shard.shard_id, values, [records[o] for o in origins])
             step = f"dead-letter sink {self.sink_reports[i].name}"
-            deliveries.append(_Delivery(self, i, batch, origins, policy, step))
-        async with anyio.create_task_group() as tg:
-            for delivery in deliveries:
-                tg.start_soon(delivery.run)
-        stops = [d.stop for d in deliveries if d.stop is not None]
-        stop = min(stops, key=lambda s: s.record_index) if stops else None
+            deliveries.append(_Delivery(self, i, batch, origins, policy, step, letters_only=True))
+        stop = await _run_all(deliveries)
         for letter in by_record.values():
             if stop is None or letter.record_index < stop.record_index:
                 self.report.dead_lettered += 1
@@ -456,6 +445,8 @@ class _Delivery:
         origins: list[int],
         policy: FailurePolicy,
         step: str,
+        *,
+        letters_only: bool = False,
     ) -> None:
         self.runner = runner
         self.index = index
@@ -466,7 +457,7 @@ class _Delivery:
         self.policy = policy
         self.step = step
         #: delivering dead letters: the shard's counts are its records', kept elsewhere
-        self.letters_only = policy.dead_letter is None and step.startswith("dead-letter")
+        self.letters_only = letters_only
         self.letters: list[_Letter] = []
         self.stop: _Stop | None = None
         #: items from this index on are not sent (they are behind a stop)
@@ -659,6 +650,18 @@ class _Delivery:
         if self.stop is None or stop.record_index < self.stop.record_index:
             self.stop = stop
         return False
+
+
+async def _run_all(deliveries: list[_Delivery]) -> _Stop | None:
+    """Run the deliveries (to different sinks) concurrently; the earliest stop."""
+    if len(deliveries) == 1:
+        await deliveries[0].run()
+    else:
+        async with anyio.create_task_group() as tg:
+            for delivery in deliveries:
+                tg.start_soon(delivery.run)
+    stops = [d.stop for d in deliveries if d.stop is not None]
+    return min(stops, key=lambda s: s.record_index) if stops else None
 
 
 def _same_error_run(order: list[int], first: int, failed: dict[int, BaseException]) -> list[int]:
