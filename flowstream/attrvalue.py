@@ -480,6 +480,9 @@ def _walk_map(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _walk_list(values: list[Any]) -> list[Any]:
+    # The per-value body is the one of _walk_map, written out again on purpose: this is
+    # the innermost loop of image decoding, and a function call per value is what the
+    # fast path exists to avoid.
     out: list[Any] = []
     append = out.append
     cached = _NUMBERS.get
