@@ -1,9 +1,12 @@
 """`sources.dynamodb(...)`: a DynamoDB stream, read through aiobotocore.
 
-Requests are signed and sent by aiobotocore, but a GetRecords body skips botocore's
-shape parser: a ``before-parse`` handler takes the raw bytes and msgspec decodes them
-into lazy records (DESIGN.md §4). If the handler ever does not run (another botocore),
-the parsed response is decoded instead: slower, same records.
+GetRecords, the call every shard makes several times a second, skips botocore's request
+pipeline and shape parser: it is signed by flowstream and sent through the client's
+aiobotocore HTTP session (`get_records.py`), and msgspec decodes the raw body into lazy
+records (DESIGN.md §4). Every other call goes through the aiobotocore client. A client
+that path cannot serve makes GetRecords itself, with a ``before-parse`` handler that
+hands the raw body through; should that handler not run either, the parsed response is
+decoded instead: slower, same records.
 
 Each shard reader paces itself: it polls again at once after a page with records, waits
 longer after each empty page up to `idle_interval`, and never calls GetRecords more
@@ -52,6 +55,7 @@ from flowstream.sources.base import (
     StreamSession,
     parse_start,
 )
+from flowstream.sources.get_records import fast_get_records
 
 __all__ = ["DynamoDBSource", "dynamodb"]
 
@@ -134,6 +138,9 @@ class DynamoDBSource(Source):
         self.discovery_interval = discovery_interval
         self.on_trimmed = on_trimmed
         self.max_connections = max_connections
+        # False: GetRecords through the aiobotocore client, as every other call (tests
+        # compare both paths)
+        self.fast_get_records = True
 
     def describe(self) -> str:
         target = f"table={self.table!r}" if self.table else f"stream_arn={self.stream_arn!r}"
@@ -218,6 +225,16 @@ class _DynamoDBSession(StreamSession):
         self._tickets = itertools.count()
         self._ended: dict[str, int] = {}  # shard -> ticket of its end; children not looked up
         self._listing: tuple[int, list[Shard]] | None = None  # the latest full listing
+        self._fast_get_records = fast_get_records(client) if source.fast_get_records else None
+
+    async def get_records(self, iterator: str, limit: int) -> bytes | dict[str, Any]:
+        """One GetRecords: the raw body, or (through the client) its response."""
+        if self._fast_get_records is not None:
+            return await self._fast_get_records(iterator, limit)
+        response: dict[str, Any] = await self.client.get_records(
+            ShardIterator=iterator, Limit=limit
+        )
+        return response
 
     async def check(self) -> None:
         """Fail fast, with a clear error, when the stream cannot be read at all."""
@@ -375,9 +392,7 @@ class _DynamoDBReader(ShardReader):
             self._polled_at = anyio.current_time()
             self._next_poll = self._polled_at + self._source.min_poll_gap
             try:
-                response = await self._session.client.get_records(
-                    ShardIterator=self._iterator, Limit=self._source.page_limit
-                )
+                response = await self._session.get_records(self._iterator, self._source.page_limit)
             except Exception as exc:
                 code = error_code(exc)
                 if code == "ExpiredIteratorException":
@@ -403,9 +418,10 @@ class _DynamoDBReader(ShardReader):
                 raise error from exc
             return self._page(response, note)
 
-    def _page(self, response: dict[str, Any], note: str | None) -> Page:
-        raw = response.get(_RAW_BODY)
-        if raw is not None:
+    def _page(self, response: bytes | dict[str, Any], note: str | None) -> Page:
+        if isinstance(response, bytes):
+            records, next_iterator = decode_page(response)
+        elif (raw := response.get(_RAW_BODY)) is not None:
             records, next_iterator = decode_page(raw)
         else:  # botocore parsed it (the raw-body handler did not run): same records
             records = decode_records(response)

@@ -109,9 +109,12 @@ class TestManyShards:
             raise AssertionError("botocore's parsed response was decoded instead of the body")
 
         monkeypatch.setattr(module, "decode_records", no_fallback)
-        out = sinks.collect()
-        await fs.Pipeline(fast_source(server)).to(out).run(drain=True)
-        assert [r.new_image for r in out.items] == [r.new_image for r in stream.records(shard)]
+        for fast_get_records in (True, False):  # signed by flowstream, or by the client
+            out = sinks.collect()
+            source = fast_source(server)
+            source.fast_get_records = fast_get_records
+            await fs.Pipeline(source).to(out).run(drain=True)
+            assert [r.new_image for r in out.items] == [r.new_image for r in stream.records(shard)]
 
     async def test_without_the_raw_body_the_parsed_response_gives_the_same_records(
         self, served: tuple[MemoryStream, LocalStreamsServer], monkeypatch: pytest.MonkeyPatch
@@ -125,7 +128,9 @@ class TestManyShards:
         module = sys.modules["flowstream.sources.dynamodb"]
         monkeypatch.setattr(module, "_keep_raw_body", lambda **kwargs: None)
         out = sinks.collect()
-        await fs.Pipeline(fast_source(server)).to(out).run(drain=True)
+        source = fast_source(server)
+        source.fast_get_records = False  # through the client, without its raw-body handler
+        await fs.Pipeline(source).to(out).run(drain=True)
         assert out.items == written
         assert [r.new_image for r in out.items] == [r.new_image for r in written]
         assert [r.approximate_creation_time for r in out.items] == [

@@ -1,0 +1,287 @@
+"""GetRecords signed by flowstream and sent through aiobotocore's HTTP session: what goes
+on the wire passes a SigV4 check made the way AWS makes it, errors are the client's own
+exceptions, and clients this path cannot serve fall back to `client.get_records()`."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import msgspec
+import pytest
+from aiobotocore.config import AioConfig
+from aiobotocore.session import AioSession, get_session
+from aiohttp import web
+from botocore import UNSIGNED
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+from botocore.exceptions import ClientError
+
+import flowstream as fs
+from flowstream import sinks, sources
+from flowstream.aws import client_config
+from flowstream.errors import ShardStoppedError
+from flowstream.sources.get_records import fast_get_records
+from flowstream.testing import LocalStreamsServer, MemoryStream
+
+_AUTHORIZATION = re.compile(
+    r"AWS4-HMAC-SHA256 Credential=(?P<key>[^/]+)/(?P<day>\d{8})/(?P<region>[^/]+)/"
+    r"(?P<service>[^/]+)/aws4_request, SignedHeaders=(?P<signed>[a-z0-9;-]+), "
+    r"Signature=(?P<signature>[0-9a-f]{64})"
+)
+
+
+class SignatureCheckingProxy:
+    """A real HTTP server in front of a LocalStreamsServer that checks each request's
+    signature as AWS does: it takes the headers the request says it signed, recomputes
+    the signature with botocore's signer and the secret it knows for the access key, and
+    refuses a mismatch with InvalidSignatureException. Passing requests are forwarded."""
+
+    def __init__(self, upstream: str, secrets: dict[str, str], *, check: set[str]) -> None:
+        self.upstream = upstream
+        self.secrets = secrets
+        self.check = check  # operations whose signatures are checked
+        self.passed: list[tuple[str, str, str]] = []  # (operation, access key, user agent)
+        self.refused: list[str] = []
+        self.url = ""
+        self._runner: web.ServerRunner | None = None
+        self._client: aiohttp.ClientSession | None = None
+
+    def _signature_problem(self, request: web.BaseRequest, body: bytes) -> str | None:
+        match = _AUTHORIZATION.fullmatch(request.headers.get("Authorization", ""))
+        if match is None:
+            return "no SigV4 Authorization header"
+        amz_date = request.headers.get("X-Amz-Date", "")
+        if amz_date[:8] != match["day"]:
+            return "credential scope day is not the X-Amz-Date day"
+        secret = self.secrets.get(match["key"])
+        if secret is None:
+            return f"unknown access key {match['key']}"
+        signed = match["signed"].split(";")
+        for required in ("host", "x-amz-date", "x-amz-target"):
+            if required not in signed:
+                return f"{required} is not signed"
+        headers = {name: request.headers[name] for name in signed}
+        rebuilt = AWSRequest(
+            method=request.method, url=f"http://{request.host}/", data=body, headers=headers
+        )
+        rebuilt.context["timestamp"] = amz_date
+        auth = SigV4Auth(
+            Credentials(match["key"], secret, request.headers.get("X-Amz-Security-Token")),
+            match["service"],
+            match["region"],
+        )
+        expected = auth.signature(
+            auth.string_to_sign(rebuilt, auth.canonical_request(rebuilt)), rebuilt
+        )
+        if expected != match["signature"]:
+            return "The request signature we calculated does not match the signature you provided"
+        return None
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        body = await request.read()
+        target = request.headers.get("X-Amz-Target", "")
+        operation = target.partition(".")[2]
+        if operation in self.check:
+            problem = self._signature_problem(request, body)
+            if problem is not None:
+                self.refused.append(operation)
+                error = {"__type": "InvalidSignatureException", "message": problem}
+                return web.Response(
+                    status=403,
+                    body=msgspec.json.encode(error),
+                    content_type="application/x-amz-json-1.0",
+                )
+            key = _AUTHORIZATION.fullmatch(request.headers["Authorization"])
+            assert key is not None
+            self.passed.append((operation, key["key"], request.headers.get("User-Agent", "")))
+        assert self._client is not None
+        async with self._client.post(
+            self.upstream,
+            data=body,
+            headers={"Content-Type": request.headers["Content-Type"], "X-Amz-Target": target},
+        ) as answer:
+            return web.Response(
+                status=answer.status,
+                body=await answer.read(),
+                content_type="application/x-amz-json-1.0",
+            )
+
+    async def __aenter__(self) -> SignatureCheckingProxy:
+        self._client = aiohttp.ClientSession()
+        self._runner = web.ServerRunner(web.Server(self._handle))
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._runner is not None
+        assert self._client is not None
+        await self._runner.cleanup()
+        await self._client.close()
+
+
+def session_with(key: str, secret: str, token: str | None = None) -> AioSession:
+    session = get_session()
+    session.set_credentials(key, secret, token)
+    return session
+
+
+@pytest.fixture
+async def stream_server() -> AsyncIterator[tuple[MemoryStream, LocalStreamsServer]]:
+    stream = MemoryStream(table="Users")
+    async with LocalStreamsServer(stream) as server:
+        yield stream, server
+
+
+def fill(stream: MemoryStream, shards: int, records: int) -> list[str]:
+    ids = [stream.add_shard() for _ in range(shards)]
+    for shard in ids:
+        for n in range(records):
+            stream.put(shard, "INSERT", {"pk": f"{shard}#{n}"}, {"pk": f"{shard}#{n}", "n": n})
+        stream.close(shard)
+    return ids
+
+
+async def test_fast_get_records_pass_a_signature_check_made_as_aws_makes_it(
+    stream_server: tuple[MemoryStream, LocalStreamsServer],
+) -> None:
+    stream, server = stream_server
+    fill(stream, shards=4, records=25)
+    every = {"DescribeStream", "GetShardIterator", "GetRecords"}
+    secrets = {"AKIDFLOWSTREAM": "s3cr3t/+key"}
+    async with SignatureCheckingProxy(server.endpoint_url, secrets, check=every) as proxy:
+        source = sources.dynamodb(
+            stream_arn=server.stream_arn,
+            endpoint_url=proxy.url,
+            session=session_with("AKIDFLOWSTREAM", "s3cr3t/+key", "FwoGZXIvYXdz+token=="),
+            idle_interval=0.01,
+        )
+        out = sinks.collect()
+        report = await fs.Pipeline(source).to(out).run(drain=True)
+    assert report.delivered == len(out.items) == 100
+    assert proxy.refused == []
+    agents = {op: {agent.split()[0] for o, _, agent in proxy.passed if o == op} for op in every}
+    # GetRecords went the fast way; the other calls (the control) through botocore.
+    assert agents["GetRecords"] == {"flowstream"}
+    assert all(agent.startswith("aiobotocore/") for agent in agents["DescribeStream"])
+    assert sum(op == "GetRecords" for op, _, _ in proxy.passed) >= 4
+
+
+async def test_a_refused_signature_stops_the_run_with_a_clear_error(
+    stream_server: tuple[MemoryStream, LocalStreamsServer],
+) -> None:
+    stream, server = stream_server
+    fill(stream, shards=1, records=3)
+    async with SignatureCheckingProxy(
+        server.endpoint_url, {"AKIDFLOWSTREAM": "the-right-secret"}, check={"GetRecords"}
+    ) as proxy:
+        source = sources.dynamodb(
+            stream_arn=server.stream_arn,
+            endpoint_url=proxy.url,
+            session=session_with("AKIDFLOWSTREAM", "a-wrong-secret"),
+        )
+        # A reader's error stops its shard (the others would go on) and names the fix.
+        with pytest.raises(ShardStoppedError, match=r"refused the credentials.*InvalidSignature"):
+            await fs.Pipeline(source).to(sinks.collect()).run(drain=True)
+    assert proxy.refused == ["GetRecords"]
+
+
+@pytest.mark.parametrize(
+    "fault", ["expired_iterator", "trimmed", "throttle", "internal_error", "bad_iterator"]
+)
+async def test_errors_are_the_exceptions_the_client_raises(
+    stream_server: tuple[MemoryStream, LocalStreamsServer], fault: str
+) -> None:
+    stream, server = stream_server
+    (shard,) = fill(stream, shards=1, records=1)
+    async with get_session().create_client(
+        "dynamodbstreams", endpoint_url=server.endpoint_url, config=client_config(4)
+    ) as client:
+        fast = fast_get_records(client)
+        assert fast is not None
+        answer = await client.get_shard_iterator(
+            StreamArn=server.stream_arn, ShardId=shard, ShardIteratorType="TRIM_HORIZON"
+        )
+        iterator = "not-an-iterator" if fault == "bad_iterator" else answer["ShardIterator"]
+        caught: list[Exception] = []
+        for call in (
+            lambda: fast(iterator, 100),
+            lambda: client.get_records(ShardIterator=iterator, Limit=100),
+        ):
+            if fault != "bad_iterator":
+                server.inject(fault, operation="GetRecords")  # type: ignore[arg-type]
+            with pytest.raises(ClientError) as raised:
+                await call()
+            caught.append(raised.value)
+    ours, theirs = caught
+    assert type(ours) is type(theirs)
+    # botocore's text adds "(reached max retries: 0)" from its retry handler, not run here.
+    assert str(ours).replace(" (reached max retries: 0)", "") == str(theirs).replace(
+        " (reached max retries: 0)", ""
+    )
+    assert ours.response["Error"] == theirs.response["Error"]  # type: ignore[attr-defined]
+    status = ours.response["ResponseMetadata"]["HTTPStatusCode"]  # type: ignore[attr-defined]
+    assert status == theirs.response["ResponseMetadata"]["HTTPStatusCode"]  # type: ignore[attr-defined]
+
+
+async def test_the_fast_call_answers_what_the_client_answers(
+    stream_server: tuple[MemoryStream, LocalStreamsServer],
+) -> None:
+    stream, server = stream_server
+    (shard,) = fill(stream, shards=1, records=7)
+    async with get_session().create_client(
+        "dynamodbstreams", endpoint_url=server.endpoint_url, config=client_config(4)
+    ) as client:
+        fast = fast_get_records(client)
+        assert fast is not None
+        answer = await client.get_shard_iterator(
+            StreamArn=server.stream_arn, ShardId=shard, ShardIteratorType="TRIM_HORIZON"
+        )
+        body = msgspec.json.decode(await fast(answer["ShardIterator"], 5))
+        parsed = await client.get_records(ShardIterator=answer["ShardIterator"], Limit=5)
+    assert [r["dynamodb"]["SequenceNumber"] for r in body["Records"]] == [
+        r["dynamodb"]["SequenceNumber"] for r in parsed["Records"]
+    ]
+    assert len(body["Records"]) == 5
+    assert body["NextShardIterator"]  # each call issues its own
+    assert parsed["NextShardIterator"]
+
+
+async def test_clients_it_cannot_serve_make_the_call_themselves(
+    stream_server: tuple[MemoryStream, LocalStreamsServer],
+) -> None:
+    _, server = stream_server
+    unsigned = AioConfig(signature_version=UNSIGNED)
+    async with get_session().create_client(
+        "dynamodbstreams", endpoint_url=server.endpoint_url, config=unsigned
+    ) as client:
+        assert fast_get_records(client) is None
+    async with get_session().create_client(
+        "dynamodbstreams", endpoint_url=server.endpoint_url + "/behind/a/path"
+    ) as client:
+        assert fast_get_records(client) is None
+
+
+async def test_with_the_fast_path_off_the_client_reads_the_same_records(
+    stream_server: tuple[MemoryStream, LocalStreamsServer],
+) -> None:
+    stream, server = stream_server
+    fill(stream, shards=3, records=20)
+    delivered: list[list[Any]] = []
+    for fast in (True, False):
+        source = sources.dynamodb(
+            stream_arn=server.stream_arn, endpoint_url=server.endpoint_url, idle_interval=0.01
+        )
+        source.fast_get_records = fast
+        out = sinks.collect()
+        await fs.Pipeline(source).to(out).run(drain=True)
+        delivered.append(sorted((r.shard_id, r.sequence_number, r.new_image) for r in out.items))
+    assert delivered[0] == delivered[1]
+    assert len(delivered[0]) == 60
