@@ -6,12 +6,14 @@ lists) goes through `decode`, which dispatches on the type tag through a dict, d
 strings and plain integers without a call, and builds the attribute path of an error
 (``NewImage.address.zip``) only while that error propagates, never on the success path.
 Records decode their keys and images from JSON text with `_decode_json`, which takes
-apart the dicts it parsed itself and falls back to `decode` for anything unusual.
+apart the dicts it parsed itself (in place, with the garbage collector paused for an
+image) and falls back to `decode` for anything unusual.
 """
 
 from __future__ import annotations
 
 import binascii
+import gc
 import math
 import re
 import sys
@@ -417,11 +419,13 @@ def decode_value(value: Mapping[str, Any], *, path: str = "") -> Any:
 # ------------------------------------------------------- decoding DynamoDB JSON text
 #
 # Records keep their keys and images as raw JSON and decode them here on first access.
-# The dicts msgspec parses the text into are ours, so the walk takes each
+# The dicts and lists msgspec parses the text into are ours, so the walk takes each
 # AttributeValue apart with popitem() (no items view, no iterator, and a second tag is
-# simply what is left behind), converts strings and numbers inline, and uses no error
-# machinery at all: anything unusual makes `_decode_json` return None, and the caller
-# takes the exact path above, which gives the same values and reports errors.
+# simply what is left behind), converts strings and numbers inline, and writes each value
+# back over its AttributeValue in the parsed map or list, which becomes the result (no
+# second container to allocate and grow). It uses no error machinery at all: anything
+# unusual makes `_decode_json` return None, and the caller takes the exact path above,
+# which parses the text again, gives the same values and reports errors.
 
 
 class _Unusual(Exception):
@@ -439,20 +443,25 @@ _NUMBERS: Final[dict[str, int | Decimal]] = {}
 _NUMBERS_MAX: Final = 4096
 _NUMBERS_TEXT: Final = 8
 
-# What DynamoDB writes: an integer, or a fraction whose last digit is not zero; within
-# 38 characters that is within every limit (see _decode_n). [0-9] is ASCII only.
-_PLAIN_NUMBER: Final = re.compile(r"-?[0-9]+(\.[0-9]*[1-9])?")
-
 
 def _number(text: str) -> int | Decimal:
     """N text the cache does not hold -> int or Decimal, exactly as `_decode_n`."""
-    match = _PLAIN_NUMBER.fullmatch(text) if len(text) <= _MAX_DIGITS else None
-    if match is None:
-        value = _decode_n(text)  # the exact checks; raises _Failure for bad text
-    elif match.lastindex is None:
-        value = int(text)
+    # What DynamoDB writes: an optional "-", digits, and maybe a point and digits ending
+    # in a nonzero one; within 38 characters that is within every limit (see _decode_n).
+    # isascii() makes isdigit() mean 0-9. String methods here cost less than a regex.
+    value: int | Decimal
+    if len(text) <= _MAX_DIGITS and text.isascii():
+        digits = text[1:] if text[:1] == "-" else text
+        if digits.isdigit():
+            value = int(text)
+        else:
+            whole, _, fraction = digits.partition(".")
+            if whole.isdigit() and fraction.isdigit() and fraction[-1] != "0":
+                value = Decimal(text)
+            else:
+                value = _decode_n(text)  # the exact checks; raises _Failure for bad text
     else:
-        value = Decimal(text)
+        value = _decode_n(text)
     if len(text) <= _NUMBERS_TEXT:
         if len(_NUMBERS) >= _NUMBERS_MAX:
             _NUMBERS.clear()
@@ -461,7 +470,6 @@ def _number(text: str) -> int | Decimal:
 
 
 def _walk_map(values: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
     cached = _NUMBERS.get
     for key, av in values.items():
         tag, value = av.popitem()
@@ -473,20 +481,22 @@ def _walk_map(values: dict[str, Any]) -> dict[str, Any]:
         elif tag == "N":
             number = cached(value)
             value = _number(value) if number is None else number
+        elif tag == "M" and type(value) is dict:
+            value = _walk_map(value)
+        elif tag == "L" and type(value) is list:
+            value = _walk_list(value)
         else:
             value = _walk_other(tag, value)
-        out[key] = value
-    return out
+        values[key] = value  # an existing key: the map neither grows nor reorders
+    return values
 
 
 def _walk_list(values: list[Any]) -> list[Any]:
     # The per-value body is the one of _walk_map, written out again on purpose: this is
     # the innermost loop of image decoding, and a function call per value is what the
     # fast path exists to avoid.
-    out: list[Any] = []
-    append = out.append
     cached = _NUMBERS.get
-    for av in values:
+    for index, av in enumerate(values):
         tag, value = av.popitem()
         if av:
             raise _Unusual  # a second tag
@@ -496,20 +506,18 @@ def _walk_list(values: list[Any]) -> list[Any]:
         elif tag == "N":
             number = cached(value)
             value = _number(value) if number is None else number
+        elif tag == "M" and type(value) is dict:
+            value = _walk_map(value)
+        elif tag == "L" and type(value) is list:
+            value = _walk_list(value)
         else:
             value = _walk_other(tag, value)
-        append(value)
-    return out
+        values[index] = value
+    return values
 
 
 def _walk_other(tag: str, value: Any) -> Any:
-    if tag == "M":
-        if type(value) is dict:
-            return _walk_map(value)
-    elif tag == "L":
-        if type(value) is list:
-            return _walk_list(value)
-    elif tag == "BOOL":
+    if tag == "BOOL":
         if value is True or value is False:
             return value
     elif tag == "NULL":
@@ -519,33 +527,53 @@ def _walk_other(tag: str, value: Any) -> Any:
         if type(value) is str:
             return binascii.a2b_base64(value, strict_mode=True)
     elif tag == "SS":
-        return _decode_ss(value)
+        if type(value) is list:
+            "".join(value)  # a TypeError unless every member is a str
+            return set(value)
     elif tag == "NS":
         return _decode_ns(value)
     elif tag == "BS":
         return _decode_bs(value)
-    raise _Unusual  # an unknown tag, or a value of the wrong type
+    raise _Unusual  # an unknown tag, a value of the wrong type, or M/L of the wrong type
 
 
-def _decode_json(text: bytes | bytearray | memoryview | msgspec.Raw) -> dict[str, Any] | None:
+_FALL_BACK: Final = (
+    msgspec.DecodeError,  # not JSON
+    _Failure,  # a bad number, base64 text or set
+    _Unusual,
+    AttributeError,  # an AttributeValue that is not an object
+    KeyError,  # an AttributeValue without a tag
+    TypeError,  # an N value that is not a str, an SS member that is not
+    ValueError,  # bad base64 (binascii.Error)
+    RecursionError,
+)
+
+
+def _decode_json(
+    text: bytes | bytearray | memoryview | msgspec.Raw, *, pause_gc: bool = False
+) -> dict[str, Any] | None:
     """An item, image or key map as DynamoDB JSON text -> a dict of Python values, as
     `decode(msgspec.json.decode(text))` gives it; None when that exact path must run
-    (invalid or unusual text: it raises the right error or handles the rarity)."""
+    (invalid or unusual text: it raises the right error or handles the rarity).
+
+    `pause_gc` pauses the garbage collector (unless it is off already) for the parse and
+    walk of this one text, where no other code runs: the few dozen containers of a parsed
+    image are freed when the walk is done, and a collection in between would only
+    traverse them and move them to an older generation. Worth it for images; keys and
+    single attributes are too small to repay the three calls."""
+    if pause_gc and gc.isenabled():
+        gc.disable()
+        try:
+            values = _JSON.decode(text)
+            return _walk_map(values) if type(values) is dict else None
+        except _FALL_BACK:
+            return None
+        finally:
+            gc.enable()
     try:
         values = _JSON.decode(text)
-        if type(values) is not dict:
-            return None
-        return _walk_map(values)
-    except (
-        msgspec.DecodeError,  # not JSON
-        _Failure,  # a bad number, base64 text or set
-        _Unusual,
-        AttributeError,  # an AttributeValue that is not an object
-        KeyError,  # an AttributeValue without a tag
-        TypeError,  # an N value that is not a str
-        ValueError,  # bad base64 (binascii.Error)
-        RecursionError,
-    ):
+        return _walk_map(values) if type(values) is dict else None
+    except _FALL_BACK:
         return None
 
 
