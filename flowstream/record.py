@@ -173,7 +173,7 @@ class Record(
         value = parts[1]
         if value is msgspec.UNSET:
             raw = self.dynamodb.new_image
-            value = _decode_image(raw, "NewImage", pause_gc=True) if raw else None
+            value = _decode_image(raw, "NewImage") if raw else None
             _set_decoded(self, (parts[0], value, parts[2]))
         return value  # type: ignore[no-any-return]
 
@@ -187,7 +187,7 @@ class Record(
         value = parts[2]
         if value is msgspec.UNSET:
             raw = self.dynamodb.old_image
-            value = _decode_image(raw, "OldImage", pause_gc=True) if raw else None
+            value = _decode_image(raw, "OldImage") if raw else None
             _set_decoded(self, (parts[0], parts[1], value))
         return value  # type: ignore[no-any-return]
 
@@ -310,8 +310,8 @@ _ENCODER: Final = msgspec.json.Encoder()
 _ATTRIBUTES: Final = msgspec.json.Decoder(dict[str, msgspec.Raw])
 
 
-def _decode_image(raw: msgspec.Raw, path: str, *, pause_gc: bool = False) -> dict[str, Any]:
-    fast = attrvalue._decode_json(raw, pause_gc=pause_gc)
+def _decode_image(raw: msgspec.Raw, path: str) -> dict[str, Any]:
+    fast = attrvalue._decode_json(raw)
     if fast is not None:
         return fast
     # The exact path: the same values for unusual input, and the error for bad input.

@@ -1,10 +1,8 @@
 """The fast path's own behaviour: numbers checked without a regex, SS members checked
-with a join, maps and lists decoded in place, and the collector paused for an image."""
+with a join, maps and lists decoded in place."""
 
 from __future__ import annotations
 
-import gc
-from collections.abc import Iterator
 from typing import Any
 
 import msgspec
@@ -14,17 +12,6 @@ from flowstream import attrvalue
 from flowstream.errors import AttributeValueError
 from flowstream.record import decode_records
 from tests.test_attrvalue import assert_same, exact
-
-
-@pytest.fixture
-def collector_on() -> Iterator[None]:
-    was = gc.isenabled()
-    gc.enable()
-    try:
-        yield
-    finally:
-        if not was:
-            gc.disable()
 
 
 @pytest.mark.parametrize(
@@ -66,7 +53,6 @@ def test_numbers_give_the_exact_values(number: str) -> None:
 )
 def test_unusual_members_and_containers_take_the_exact_path(text: str) -> None:
     assert attrvalue._decode_json(text.encode()) is None
-    assert attrvalue._decode_json(text.encode(), pause_gc=True) is None
 
 
 def test_sets_binary_and_nesting_decode_as_the_exact_path_does() -> None:
@@ -75,54 +61,9 @@ def test_sets_binary_and_nesting_decode_as_the_exact_path_does() -> None:
         b'"b":{"B":"aGVsbG8="},"m":{"M":{"l":{"L":[{"M":{"x":{"N":"3"}}},{"L":[{"SS":["q"]}]},'
         b'{"NULL":true},{"BOOL":false},{"B":""}]},"e":{"M":{}}}},"z":{"L":[]}}'
     )
-    for pause in (False, True):
-        fast = attrvalue._decode_json(text, pause_gc=pause)
-        assert fast is not None
-        assert_same(fast, exact(text))
-
-
-def test_pausing_restores_the_collector(collector_on: None, monkeypatch: Any) -> None:
-    seen: list[bool] = []
-    walk = attrvalue._walk_map
-
-    def spy(values: dict[str, Any]) -> dict[str, Any]:
-        seen.append(gc.isenabled())
-        return walk(values)
-
-    monkeypatch.setattr(attrvalue, "_walk_map", spy)
-    assert attrvalue._decode_json(b'{"a":{"N":"1"}}', pause_gc=True) == {"a": 1}
-    assert seen == [False]
-    assert gc.isenabled()
-    assert attrvalue._decode_json(b'{"a":{"N":"1"}}') == {"a": 1}
-    assert seen == [False, True]  # keys and single attributes run with it on
-
-
-@pytest.mark.parametrize("text", [b'{"a":{"N":"x"}}', b"{", b'{"a":{"S":"x","N":"1"}}'])
-def test_a_fallback_restores_the_collector(collector_on: None, text: bytes) -> None:
-    assert attrvalue._decode_json(text, pause_gc=True) is None
-    assert gc.isenabled()
-
-
-def test_an_unexpected_error_restores_the_collector(collector_on: None, monkeypatch: Any) -> None:
-    def boom(values: dict[str, Any]) -> dict[str, Any]:
-        raise MemoryError
-
-    monkeypatch.setattr(attrvalue, "_walk_map", boom)
-    with pytest.raises(MemoryError):
-        attrvalue._decode_json(b'{"a":{"N":"1"}}', pause_gc=True)
-    assert gc.isenabled()
-
-
-def test_a_collector_turned_off_stays_off() -> None:
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        assert attrvalue._decode_json(b'{"a":{"N":"1"}}', pause_gc=True) == {"a": 1}
-        assert attrvalue._decode_json(b"{", pause_gc=True) is None
-        assert not gc.isenabled()
-    finally:
-        if was:
-            gc.enable()
+    fast = attrvalue._decode_json(text)
+    assert fast is not None
+    assert_same(fast, exact(text))
 
 
 def _record(new_image: str) -> bytes:
@@ -132,15 +73,13 @@ def _record(new_image: str) -> bytes:
     ).encode()
 
 
-def test_record_images_pause_and_restore(collector_on: None) -> None:
+def test_record_images_decode_as_the_exact_path_does() -> None:
     (record,) = decode_records(_record('{"pk":{"S":"a"},"n":{"N":"1.25"},"t":{"SS":["x"]}}'))
     assert record.new_image == exact('{"pk":{"S":"a"},"n":{"N":"1.25"},"t":{"SS":["x"]}}')
     assert record.old_image == record.new_image
-    assert gc.isenabled()
 
 
-def test_record_image_errors_still_name_the_path(collector_on: None) -> None:
+def test_record_image_errors_still_name_the_path() -> None:
     (record,) = decode_records(_record('{"a":{"M":{"b":{"SS":["x",1]}}}}'))
     with pytest.raises(AttributeValueError, match=r"NewImage\.a\.b"):
         record.new_image  # noqa: B018
-    assert gc.isenabled()
