@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
 import msgspec
 import pytest
 from aiobotocore.config import AioConfig
+from aiobotocore.credentials import AioRefreshableCredentials
 from aiobotocore.session import AioSession, get_session
 from aiohttp import web
 from botocore import UNSIGNED
@@ -172,6 +174,58 @@ async def test_fast_get_records_pass_a_signature_check_made_as_aws_makes_it(
     assert agents["GetRecords"] == {"flowstream"}
     assert all(agent.startswith("aiobotocore/") for agent in agents["DescribeStream"])
     assert sum(op == "GetRecords" for op, _, _ in proxy.passed) >= 4
+
+
+class RotatingCredentials:
+    """A credential provider whose keys expire within botocore's mandatory refresh
+    window: every use refreshes them, and each refresh hands out a new key pair."""
+
+    METHOD = "flowstream-test-rotating"
+    CANONICAL_NAME = "FlowstreamTestRotating"
+
+    def __init__(self) -> None:
+        self.issued = 0
+
+    async def _next(self) -> dict[str, str]:
+        self.issued += 1
+        expiry = datetime.now(UTC) + timedelta(minutes=1)
+        return {
+            "access_key": f"AKIDROTATE{self.issued:06d}",
+            "secret_key": f"secret-{self.issued}",
+            "token": f"token-{self.issued}",
+            "expiry_time": expiry.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+
+    async def load(self) -> AioRefreshableCredentials:
+        return AioRefreshableCredentials.create_from_metadata(
+            await self._next(), refresh_using=self._next, method=self.METHOD
+        )
+
+
+async def test_refreshed_credentials_sign_the_next_get_records(
+    stream_server: tuple[MemoryStream, LocalStreamsServer],
+) -> None:
+    stream, server = stream_server
+    fill(stream, shards=2, records=10)
+    provider = RotatingCredentials()
+    session = get_session()
+    session.get_component("credential_provider").insert_before("env", provider)
+    secrets = {f"AKIDROTATE{n:06d}": f"secret-{n}" for n in range(1, 5000)}
+    every = {"DescribeStream", "GetShardIterator", "GetRecords"}
+    async with SignatureCheckingProxy(server.endpoint_url, secrets, check=every) as proxy:
+        source = sources.dynamodb(
+            stream_arn=server.stream_arn,
+            endpoint_url=proxy.url,
+            session=session,
+            idle_interval=0.01,
+        )
+        out = sinks.collect()
+        await fs.Pipeline(source).to(out).run(drain=True)
+    assert len(out.items) == 20
+    assert proxy.refused == []
+    keys = [key for op, key, _ in proxy.passed if op == "GetRecords"]
+    assert len(keys) >= 2
+    assert len(set(keys)) == len(keys)  # each poll signed with the key pair of its moment
 
 
 async def test_a_refused_signature_stops_the_run_with_a_clear_error(
