@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import random
 import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
@@ -375,7 +376,7 @@ class _DynamoDBReader(ShardReader):
         self._last_read: str | None = None
         self._next_poll = 0.0
         self._polled_at = 0.0  # when the last GetRecords was sent
-        self._empty_polls = 0
+        self._idle_wait = 0.0  # the last wait after an empty page; 0 after records
 
     async def read(self) -> Page:
         gap = self._next_poll - anyio.current_time()
@@ -435,15 +436,24 @@ class _DynamoDBReader(ShardReader):
             self._session.shard_ended(shard_id)
         if records:
             self._last_read = records[-1].sequence_number
-            self._empty_polls = 0
+            self._idle_wait = 0.0
         elif not ended:
             # Poll an idle shard less and less often, up to the idle interval, counted
             # from when the last poll was sent: a shard is polled once per interval.
-            self._empty_polls += 1
-            wait = min(
-                self._source.idle_interval,
-                self._source.min_poll_gap * 2 ** (self._empty_polls - 1),
-            )
+            interval = self._source.idle_interval
+            if self._idle_wait >= interval:
+                wait = interval
+            else:
+                step = self._idle_wait * 2 or self._source.min_poll_gap
+                if step < interval:
+                    wait = step
+                else:
+                    # The first wait that reaches the interval is cut short at random:
+                    # shards that went idle together (all of them, at startup) then poll
+                    # spread over the interval rather than in one burst that queues every
+                    # interval. It costs one poll per shard each time it goes idle.
+                    wait = random.uniform(self._source.min_poll_gap, interval)
+                self._idle_wait = step
             self._next_poll = max(self._next_poll, self._polled_at + wait)
         return Page(records, caught_up=not records or ended, ended=ended, note=note)
 

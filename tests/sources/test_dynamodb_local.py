@@ -7,6 +7,7 @@ import itertools
 import random
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -35,6 +36,19 @@ async def served() -> AsyncIterator[tuple[MemoryStream, LocalStreamsServer]]:
     stream = MemoryStream(table="Users")
     async with LocalStreamsServer(stream) as server:
         yield stream, server
+
+
+class PollTimes(Counter[str | tuple[str, str]]):
+    """`LocalStreamsServer.calls` that also notes when each GetRecords came in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.times: list[float] = []
+
+    def __setitem__(self, key: str | tuple[str, str], value: int) -> None:
+        if type(key) is tuple and key[0] == "GetRecords":
+            self.times.append(time.monotonic())
+        super().__setitem__(key, value)
 
 
 def put_many(stream: MemoryStream, shards: list[str], count: int, rng: random.Random) -> None:
@@ -388,6 +402,56 @@ class TestPolling:
         # sent (counted from each answer they would be 0.5 s apart)
         gaps = [b - a for a, b in itertools.pairwise(polled[-3:])]
         assert all(0.25 < gap < 0.42 for gap in gaps), gaps
+
+    async def test_a_shard_idle_for_thousands_of_polls_is_still_polled_and_read(
+        self, served: tuple[MemoryStream, LocalStreamsServer]
+    ) -> None:
+        # The backoff once doubled a wait per empty poll: past 1,024 of them (4 minutes
+        # idle at the default pace) the float overflowed and the shard stopped.
+        stream, server = served
+        shard = stream.add_shard()
+        out = sinks.collect()
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+
+            async def run() -> None:
+                source = fast_source(server, idle_interval=0.0005, max_polls_per_second=5000)
+                report = await fs.Pipeline(source).to(out).run(stop=stop)
+                assert not report.stopped_shards()
+
+            tg.start_soon(run)
+            await wait_until(lambda: server.calls[("GetRecords", shard)] > 1100, timeout=60)
+            written = stream.put(shard, "INSERT", {"pk": "late"}, {"pk": "late"})
+            await wait_until(lambda: len(out.items) == 1)
+            stop.set()
+        assert out.items == [written]
+
+    async def test_shards_that_go_idle_together_spread_their_polls_over_the_interval(
+        self, served: tuple[MemoryStream, LocalStreamsServer]
+    ) -> None:
+        stream, server = served
+        shards = [stream.add_shard() for _ in range(40)]
+        interval = 0.4
+        server.calls = log = PollTimes()
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+
+            async def run() -> None:
+                source = fast_source(server, idle_interval=interval, max_polls_per_second=100)
+                await fs.Pipeline(source).to(sinks.collect()).run(stop=stop)
+
+            tg.start_soon(run)
+            # every shard backs off to the interval within 0.01 * (1 + 2 + ... + 32) s;
+            # then three intervals of polls are watched
+            await wait_until(lambda: min(log[("GetRecords", s)] for s in shards) >= 8)
+            log.times.clear()
+            await wait_until(lambda: min(log[("GetRecords", s)] for s in shards) >= 11)
+            stop.set()
+        polls = log.times
+        assert len(polls) >= 3 * len(shards)
+        # Four quarters of the interval: in lock step, one quarter would take nearly all.
+        quarters = Counter(int((t - polls[0]) % interval / (interval / 4)) for t in polls)
+        assert max(quarters.values()) < 0.5 * len(polls), quarters
 
     def test_the_default_idle_interval_is_lambdas_pace(self) -> None:
         # Lambda polls a DynamoDB stream shard 4 times a second: a change on an idle
