@@ -9,8 +9,10 @@ __all__ = ["Backoff", "full_jitter"]
 
 def full_jitter(attempt: int, base: float, cap: float) -> float:
     """The wait before retry number `attempt` (from 1): uniform(0, min(cap, base·2ⁿ⁻¹)).
-    Full jitter spreads retries of many shards or workers apart."""
-    return random.uniform(0.0, min(cap, base * 2 ** (attempt - 1)))
+    Full jitter spreads retries of many shards or workers apart. The exponent stops
+    growing once the cap is reached for any sane base (2⁶⁰): a retry loop that runs for
+    hours (an outage) must not overflow a float at attempt 1,025."""
+    return random.uniform(0.0, min(cap, base * 2 ** min(attempt - 1, 60)))
 
 
 class Backoff:
