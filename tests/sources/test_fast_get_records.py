@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,7 +27,7 @@ import flowstream as fs
 from flowstream import sinks, sources
 from flowstream.aws import client_config
 from flowstream.errors import ShardStoppedError
-from flowstream.sources.get_records import fast_get_records
+from flowstream.sources.get_records import FastGetRecords, fast_get_records
 from flowstream.testing import LocalStreamsServer, MemoryStream
 
 _AUTHORIZATION = re.compile(
@@ -247,14 +248,11 @@ async def test_a_refused_signature_stops_the_run_with_a_clear_error(
     assert proxy.refused == ["GetRecords"]
 
 
-@pytest.mark.parametrize(
-    "fault", ["expired_iterator", "trimmed", "throttle", "internal_error", "bad_iterator"]
-)
-async def test_errors_are_the_exceptions_the_client_raises(
-    stream_server: tuple[MemoryStream, LocalStreamsServer], fault: str
-) -> None:
-    stream, server = stream_server
-    (shard,) = fill(stream, shards=1, records=1)
+@asynccontextmanager
+async def both_calls(
+    server: LocalStreamsServer, shard: str
+) -> AsyncIterator[tuple[Any, FastGetRecords, str]]:
+    """A DynamoDB Streams client, its fast GetRecords, and an iterator at `shard`'s start."""
     async with get_session().create_client(
         "dynamodbstreams", endpoint_url=server.endpoint_url, config=client_config(4)
     ) as client:
@@ -263,7 +261,19 @@ async def test_errors_are_the_exceptions_the_client_raises(
         answer = await client.get_shard_iterator(
             StreamArn=server.stream_arn, ShardId=shard, ShardIteratorType="TRIM_HORIZON"
         )
-        iterator = "not-an-iterator" if fault == "bad_iterator" else answer["ShardIterator"]
+        yield client, fast, answer["ShardIterator"]
+
+
+@pytest.mark.parametrize(
+    "fault", ["expired_iterator", "trimmed", "throttle", "internal_error", "bad_iterator"]
+)
+async def test_errors_are_the_exceptions_the_client_raises(
+    stream_server: tuple[MemoryStream, LocalStreamsServer], fault: str
+) -> None:
+    stream, server = stream_server
+    (shard,) = fill(stream, shards=1, records=1)
+    async with both_calls(server, shard) as (client, fast, first):
+        iterator = "not-an-iterator" if fault == "bad_iterator" else first
         caught: list[Exception] = []
         for call in (
             lambda: fast(iterator, 100),
@@ -290,16 +300,9 @@ async def test_the_fast_call_answers_what_the_client_answers(
 ) -> None:
     stream, server = stream_server
     (shard,) = fill(stream, shards=1, records=7)
-    async with get_session().create_client(
-        "dynamodbstreams", endpoint_url=server.endpoint_url, config=client_config(4)
-    ) as client:
-        fast = fast_get_records(client)
-        assert fast is not None
-        answer = await client.get_shard_iterator(
-            StreamArn=server.stream_arn, ShardId=shard, ShardIteratorType="TRIM_HORIZON"
-        )
-        body = msgspec.json.decode(await fast(answer["ShardIterator"], 5))
-        parsed = await client.get_records(ShardIterator=answer["ShardIterator"], Limit=5)
+    async with both_calls(server, shard) as (client, fast, first):
+        body = msgspec.json.decode(await fast(first, 5))
+        parsed = await client.get_records(ShardIterator=first, Limit=5)
     assert [r["dynamodb"]["SequenceNumber"] for r in body["Records"]] == [
         r["dynamodb"]["SequenceNumber"] for r in parsed["Records"]
     ]
