@@ -230,8 +230,9 @@ class _DynamoDBSession(StreamSession):
 
     async def get_records(self, iterator: str, limit: int) -> bytes | dict[str, Any]:
         """One GetRecords: the raw body, or (through the client) its response."""
-        if self._fast_get_records is not None:
-            return await self._fast_get_records(iterator, limit)
+        fast = self._fast_get_records
+        if fast is not None and fast.ready:
+            return await fast(iterator, limit)
         response: dict[str, Any] = await self.client.get_records(
             ShardIterator=iterator, Limit=limit
         )

@@ -11,14 +11,19 @@ of connection failures to botocore's exceptions): about 0.3 ms. Error answers ar
 so they are parsed by botocore's own parser and raised as the client's own exception
 classes, exactly as `client.get_records()` raises them.
 
-`fast_get_records(client)` returns None when the client is not one this path can serve
-(another signature version, no credentials, an endpoint with a path, an aiobotocore
-without these parts); the source then calls `client.get_records()` as before.
+The endpoint and the signing scope are the ones botocore itself used for the stream's
+DescribeStream (a ``before-send`` handler reads them off that request): endpoint rules
+(FIPS, dual-stack, custom endpoints) can send a call elsewhere than the client's
+`endpoint_url`, and the fast path must go where botocore goes. Until that first
+DescribeStream, and for clients this path cannot serve (another signature version, no
+credentials, an endpoint with a path, an aiobotocore without these parts), the source
+calls `client.get_records()`.
 """
 
 from __future__ import annotations
 
 import platform
+import re
 from typing import Any, Final
 
 import aiobotocore
@@ -32,6 +37,9 @@ from flowstream.sigv4 import Credentials, JsonSigner
 __all__ = ["FastGetRecords", "fast_get_records"]
 
 _OPERATION: Final = "GetRecords"
+_SCOPE: Final = re.compile(
+    r"^AWS4-HMAC-SHA256 Credential=[^/]+/\d{8}/(?P<region>[^/]+)/(?P<service>[^/]+)/aws4_request,"
+)
 
 
 class _Params(msgspec.Struct, rename="pascal"):
@@ -43,29 +51,61 @@ _ENCODE: Final = msgspec.json.Encoder().encode
 
 
 class FastGetRecords:
-    """``await call(iterator, limit)`` -> the raw JSON body of a GetRecords answer."""
+    """``await call(iterator, limit)`` -> the raw JSON body of a GetRecords answer, once
+    `ready` (after the client's first DescribeStream showed the endpoint and scope)."""
 
-    def __init__(self, client: Any, credentials: Any, signer: JsonSigner) -> None:
+    def __init__(self, client: Any, credentials: Any) -> None:
         self._credentials = credentials
         self._http = client._endpoint.http_session
-        self._signer = signer
-        self._target = f"{client.meta.service_model.metadata['targetPrefix']}.{_OPERATION}"
+        self._signer: JsonSigner | None = None
+        model = client.meta.service_model
+        self._target = f"{model.metadata['targetPrefix']}.{_OPERATION}"
         self._exceptions = client.exceptions
-        self._parser = botocore.parsers.create_parser(client.meta.service_model.protocol)
-        self._output_shape = client.meta.service_model.operation_model(_OPERATION).output_shape
+        self._parser = botocore.parsers.create_parser(model.protocol)
+        self._output_shape = model.operation_model(_OPERATION).output_shape
         self._user_agent = (
             f"flowstream aiobotocore/{aiobotocore.__version__} "
             f"botocore/{botocore.__version__} Python/{platform.python_version()}"
         )
+        client.meta.events.register(
+            f"before-send.{model.service_id.hyphenize()}.DescribeStream", self._learn
+        )
+
+    @property
+    def ready(self) -> bool:
+        return self._signer is not None
+
+    @property
+    def endpoint(self) -> tuple[str, str, str] | None:
+        """(URL, signing region, signing name) learnt from DescribeStream, else None."""
+        signer = self._signer
+        return None if signer is None else (signer.url, signer.region, signer.service)
+
+    def _learn(self, request: Any, **_: Any) -> None:
+        """``before-send`` handler: sign for, and send to, what botocore did."""
+        if self._signer is not None:
+            return
+        authorization = request.headers.get("Authorization") or b""
+        if isinstance(authorization, bytes):
+            authorization = authorization.decode("ascii", "replace")
+        scope = _SCOPE.match(authorization)
+        if scope is None:
+            return  # not SigV4 (another signer): the client keeps making GetRecords
+        try:
+            self._signer = JsonSigner(request.url, region=scope["region"], service=scope["service"])
+        except ValueError:
+            return  # an endpoint with a path
 
     async def __call__(self, iterator: str, limit: int) -> bytes:
         body = _ENCODE(_Params(iterator, limit))
+        signer = self._signer
+        assert signer is not None, "call only when ready"
         frozen = await self._credentials.get_frozen_credentials()
-        headers = self._signer.headers(
+        headers = signer.headers(
             self._target, body, Credentials(frozen.access_key, frozen.secret_key, frozen.token)
         )
         headers["User-Agent"] = self._user_agent
-        request = AWSPreparedRequest("POST", self._signer.url, headers, body, False)
+        request = AWSPreparedRequest("POST", signer.url, headers, body, False)
         response = await self._http.send(request)
         content: bytes = await response.content
         if response.status_code < 300:
@@ -89,20 +129,14 @@ def fast_get_records(client: Any) -> FastGetRecords | None:
     try:
         request_signer = client._request_signer
         credentials = request_signer._credentials
-        model = client.meta.service_model
         if (
             request_signer.signature_version != "v4"
             or credentials is None
             or not hasattr(credentials, "get_frozen_credentials")
-            or model.protocol != "json"
+            or client.meta.service_model.protocol != "json"
             or not hasattr(client._endpoint.http_session, "send")
         ):
             return None
-        signer = JsonSigner(
-            client.meta.endpoint_url,
-            region=request_signer.region_name,
-            service=request_signer.signing_name,
-        )
-        return FastGetRecords(client, credentials, signer)
-    except (AttributeError, KeyError, ValueError):
+        return FastGetRecords(client, credentials)
+    except (AttributeError, KeyError):
         return None

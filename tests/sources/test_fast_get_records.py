@@ -258,6 +258,9 @@ async def both_calls(
     ) as client:
         fast = fast_get_records(client)
         assert fast is not None
+        assert not fast.ready  # until botocore has shown where and how it signs
+        await client.describe_stream(StreamArn=server.stream_arn, Limit=1)
+        assert fast.endpoint == (server.endpoint_url + "/", "us-east-1", "dynamodb")
         answer = await client.get_shard_iterator(
             StreamArn=server.stream_arn, ShardId=shard, ShardIteratorType="TRIM_HORIZON"
         )
@@ -323,7 +326,40 @@ async def test_clients_it_cannot_serve_make_the_call_themselves(
     async with get_session().create_client(
         "dynamodbstreams", endpoint_url=server.endpoint_url + "/behind/a/path"
     ) as client:
-        assert fast_get_records(client) is None
+        fast = fast_get_records(client)
+        assert fast is not None
+        await client.describe_stream(StreamArn=server.stream_arn, Limit=1)
+        assert not fast.ready  # a path in the endpoint: GetRecords stays with the client
+
+
+class _Stop(Exception):
+    """Raised by a before-send handler so that a request is built and signed, not sent."""
+
+
+async def test_it_goes_where_botocores_endpoint_rules_send_the_call() -> None:
+    # With dual-stack endpoints the rules send DynamoDB Streams calls to a host other
+    # than the client's endpoint_url (streams-dynamodb.REGION.api.aws, not
+    # streams.dynamodb.REGION.api.aws): the fast path must follow the rules.
+    config = AioConfig(use_dualstack_endpoint=True)
+    async with get_session().create_client(
+        "dynamodbstreams", region_name="eu-central-2", config=config
+    ) as client:
+        fast = fast_get_records(client)
+        assert fast is not None
+
+        def stop(**_: Any) -> None:
+            raise _Stop
+
+        client.meta.events.register("before-send.dynamodb-streams.DescribeStream", stop)
+        arn = "arn:aws:dynamodb:eu-central-2:123456789012:table/T/stream/2026-11-26T00:00:00.000"
+        with pytest.raises(_Stop):
+            await client.describe_stream(StreamArn=arn)
+    assert client.meta.endpoint_url == "https://streams.dynamodb.eu-central-2.api.aws"
+    assert fast.endpoint == (
+        "https://streams-dynamodb.eu-central-2.api.aws/",
+        "eu-central-2",
+        "dynamodb",
+    )
 
 
 async def test_with_the_fast_path_off_the_client_reads_the_same_records(
