@@ -80,12 +80,15 @@ class JsonSigner:
             amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         day = amz_date[:8]
         token = credentials.token
+        # botocore and AWS sign a header value with its whitespace runs collapsed and its
+        # ends trimmed; the header itself carries the token as it is.
+        signed_token = " ".join(token.split()) if token else token
         # Canonical headers: lower-case names in sorted order, as botocore builds them
         # from the same headers (Content-Type, Host, X-Amz-Date, the token, X-Amz-Target).
         if token:
             canonical_headers = (
                 f"content-type:{_CONTENT_TYPE}\nhost:{self.host}\nx-amz-date:{amz_date}\n"
-                f"x-amz-security-token:{token}\nx-amz-target:{target}\n"
+                f"x-amz-security-token:{signed_token}\nx-amz-target:{target}\n"
             )
             signed = "content-type;host;x-amz-date;x-amz-security-token;x-amz-target"
         else:

@@ -120,10 +120,16 @@ class DynamoDBSource(Source):
             raise SourceError(
                 f"page_limit={page_limit} must be between 1 and 1000 (GetRecords' Limit)"
             )
-        if idle_interval < 0 or max_polls_per_second <= 0:
+        if not (
+            math.isfinite(idle_interval)
+            and math.isfinite(max_polls_per_second)
+            and idle_interval >= 0
+            and max_polls_per_second > 0
+        ):
             raise SourceError(
-                "idle_interval must be >= 0 and max_polls_per_second > 0 (DynamoDB allows 5 "
-                "GetRecords per second per shard)"
+                f"idle_interval={idle_interval} must be a finite number of seconds >= 0 and "
+                f"max_polls_per_second={max_polls_per_second} a finite number > 0 (DynamoDB "
+                "allows 5 GetRecords per second per shard)"
             )
         if on_trimmed not in ("error", "skip"):
             raise SourceError(f"on_trimmed={on_trimmed!r} must be 'error' or 'skip'")

@@ -58,7 +58,7 @@ class FastGetRecords:
         self._credentials = credentials
         self._http = client._endpoint.http_session
         self._signer: JsonSigner | None = None
-        model = client.meta.service_model
+        self._model = model = client.meta.service_model
         self._target = f"{model.metadata['targetPrefix']}.{_OPERATION}"
         self._exceptions = client.exceptions
         self._parser = botocore.parsers.create_parser(model.protocol)
@@ -114,12 +114,17 @@ class FastGetRecords:
 
     def _error(self, status: int, headers: Any, body: bytes) -> Exception:
         """The exception `client.get_records()` raises for this answer."""
-        parsed = self._parser.parse(
-            {"status_code": status, "headers": headers, "body": body}, self._output_shape
-        )
+        answer = {"status_code": status, "headers": headers, "body": body}
+        parsed = self._parser.parse(answer, self._output_shape)
         code = parsed.get("Error", {}).get("Code")
-        error_class = self._exceptions.from_code(code)
-        error: Exception = error_class(parsed, _OPERATION)
+        # As the client does: the error shape's own members (e.g. "message"), and the
+        # retry metadata of a client allowed one attempt (`flowstream.aws.client_config`).
+        shape = self._model.shape_for_error_code(code) if code else None
+        if shape is not None:
+            parsed.update(self._parser.parse(answer, shape))
+        metadata = parsed.setdefault("ResponseMetadata", {})
+        metadata.update(RetryAttempts=0, MaxAttemptsReached=True)
+        error: Exception = self._exceptions.from_code(code)(parsed, _OPERATION)
         return error
 
 
