@@ -4,13 +4,21 @@ signature as AWS does (tests of the fast GetRecords)."""
 from __future__ import annotations
 
 import re
+from typing import Final
 
 import aiohttp
 import msgspec
+from aiobotocore.session import AioSession
 from aiohttp import web
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
+
+import flowstream as fs
+from flowstream import sinks, sources
+from flowstream.report import RunReport
+from flowstream.sinks.collect import CollectSink
+from flowstream.testing import LocalStreamsServer
 
 _AUTHORIZATION = re.compile(
     r"AWS4-HMAC-SHA256 Credential=(?P<key>[^/]+)/(?P<day>\d{8})/(?P<region>[^/]+)/"
@@ -110,3 +118,28 @@ class SignatureCheckingProxy:
         assert self._client is not None
         await self._runner.cleanup()
         await self._client.close()
+
+
+#: The calls a pipeline over a DynamoDB stream makes.
+EVERY: Final = frozenset({"DescribeStream", "GetShardIterator", "GetRecords"})
+
+
+async def read_through_proxy(
+    server: LocalStreamsServer,
+    session: AioSession,
+    secrets: dict[str, str],
+    *,
+    check: frozenset[str] = EVERY,
+) -> tuple[SignatureCheckingProxy, CollectSink, RunReport]:
+    """Drain `server`'s stream with `session`'s credentials through a proxy that checks
+    the signatures of the `check` calls."""
+    async with SignatureCheckingProxy(server.endpoint_url, secrets, check=set(check)) as proxy:
+        source = sources.dynamodb(
+            stream_arn=server.stream_arn,
+            endpoint_url=proxy.url,
+            session=session,
+            idle_interval=0.01,
+        )
+        out = sinks.collect()
+        report = await fs.Pipeline(source).to(out).run(drain=True)
+    return proxy, out, report

@@ -93,3 +93,40 @@ def test_the_signature_covers_the_body_and_the_target() -> None:
 def test_an_endpoint_with_a_path_is_refused() -> None:
     with pytest.raises(ValueError, match="root only"):
         JsonSigner("https://proxy.example.com/aws/streams", region="us-east-1", service="dynamodb")
+
+
+@pytest.mark.parametrize("token", ["FwoG  token", " FwoGtoken", "FwoGtoken ", "Fwo\tG"])
+def test_a_session_token_is_signed_with_its_whitespace_collapsed(token: str) -> None:
+    # SigV4 canonicalises a signed header value: ends trimmed, whitespace runs collapsed
+    # (botocore and AWS both); the X-Amz-Security-Token header carries it unchanged.
+    credentials = Credentials("AKIDEXAMPLE", "secret", token)
+    signer = JsonSigner("https://streams.example.com", region="eu-west-1", service="dynamodb")
+    body = b'{"Limit":1}'
+    amz_date = "20261126T193000Z"
+    ours = signer.headers(TARGET, body, credentials, amz_date=amz_date)
+    assert ours == botocore_headers(
+        signer.url, body, credentials, region="eu-west-1", amz_date=amz_date
+    )
+    assert ours["X-Amz-Security-Token"] == token
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://LOCALHOST:8000",
+        "HTTPS://Streams.Example.COM:443/",
+        "https://user:pw@host.example:8443",
+        "http://[::FFFF:1.2.3.4]:9000",
+        "http://[fe80::1%25eth0]:9000",
+        "http://host.example:/",
+        "http://[::1]",
+    ],
+)
+def test_odd_hosts_are_signed_as_botocore_signs_them(url: str) -> None:
+    credentials = Credentials("AKIDEXAMPLE", "secret", "FwoG+token/=")
+    signer = JsonSigner(url, region="eu-west-1", service="dynamodb")
+    body = b'{"Limit":1}'
+    amz_date = "20261126T193000Z"
+    ours = signer.headers(TARGET, body, credentials, amz_date=amz_date)["Authorization"]
+    theirs = botocore_headers(url, body, credentials, region="eu-west-1", amz_date=amz_date)
+    assert ours == theirs["Authorization"]

@@ -16,7 +16,7 @@ from aiobotocore.credentials import AioRefreshableCredentials
 from aiobotocore.session import AioSession, get_session
 from botocore import UNSIGNED
 from botocore.exceptions import ClientError
-from sigv4_proxy import SignatureCheckingProxy
+from sigv4_proxy import EVERY, SignatureCheckingProxy, read_through_proxy
 
 import flowstream as fs
 from flowstream import sinks, sources
@@ -53,20 +53,13 @@ async def test_fast_get_records_pass_a_signature_check_made_as_aws_makes_it(
 ) -> None:
     stream, server = stream_server
     fill(stream, shards=4, records=25)
-    every = {"DescribeStream", "GetShardIterator", "GetRecords"}
-    secrets = {"AKIDFLOWSTREAM": "s3cr3t/+key"}
-    async with SignatureCheckingProxy(server.endpoint_url, secrets, check=every) as proxy:
-        source = sources.dynamodb(
-            stream_arn=server.stream_arn,
-            endpoint_url=proxy.url,
-            session=session_with("AKIDFLOWSTREAM", "s3cr3t/+key", "FwoGZXIvYXdz+token=="),
-            idle_interval=0.01,
-        )
-        out = sinks.collect()
-        report = await fs.Pipeline(source).to(out).run(drain=True)
+    session = session_with("AKIDFLOWSTREAM", "s3cr3t/+key", "FwoGZXIvYXdz+token==")
+    proxy, out, report = await read_through_proxy(
+        server, session, {"AKIDFLOWSTREAM": "s3cr3t/+key"}
+    )
     assert report.delivered == len(out.items) == 100
     assert proxy.refused == []
-    agents = {op: {agent.split()[0] for o, _, agent in proxy.passed if o == op} for op in every}
+    agents = {op: {agent.split()[0] for o, _, agent in proxy.passed if o == op} for op in EVERY}
     # GetRecords went the fast way; the other calls (the control) through botocore.
     assert agents["GetRecords"] == {"flowstream"}
     assert all(agent.startswith("aiobotocore/") for agent in agents["DescribeStream"])
@@ -108,16 +101,7 @@ async def test_refreshed_credentials_sign_the_next_get_records(
     session = get_session()
     session.get_component("credential_provider").insert_before("env", provider)
     secrets = {f"AKIDROTATE{n:06d}": f"secret-{n}" for n in range(1, 5000)}
-    every = {"DescribeStream", "GetShardIterator", "GetRecords"}
-    async with SignatureCheckingProxy(server.endpoint_url, secrets, check=every) as proxy:
-        source = sources.dynamodb(
-            stream_arn=server.stream_arn,
-            endpoint_url=proxy.url,
-            session=session,
-            idle_interval=0.01,
-        )
-        out = sinks.collect()
-        await fs.Pipeline(source).to(out).run(drain=True)
+    proxy, out, _ = await read_through_proxy(server, session, secrets)
     assert len(out.items) == 20
     assert proxy.refused == []
     keys = [key for op, key, _ in proxy.passed if op == "GetRecords"]

@@ -1,6 +1,6 @@
-"""Edges of the fast GetRecords, the SigV4 signer and idle pacing found in review: session
-tokens with whitespace, odd hosts, odd error answers, the full error response, and poll
-settings at their limits."""
+"""Edges of the fast GetRecords and idle pacing found in review: a session token with
+whitespace end to end, odd error answers, the full error response, and poll settings at
+their limits (the signer's own edges are in tests/test_sigv4.py)."""
 
 from __future__ import annotations
 
@@ -11,84 +11,18 @@ from typing import Any
 import pytest
 from aiobotocore.session import get_session
 from aiohttp import web
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials as BotocoreCredentials
 from botocore.exceptions import ClientError
-from sigv4_proxy import SignatureCheckingProxy
+from sigv4_proxy import read_through_proxy
 
-import flowstream as fs
-from flowstream import sinks, sources
+from flowstream import sources
 from flowstream.aws import client_config, is_retryable
 from flowstream.errors import SourceError
-from flowstream.sigv4 import Credentials, JsonSigner
 from flowstream.sources.base import TRIM_HORIZON, Shard
 from flowstream.sources.dynamodb import _DynamoDBSession
 from flowstream.sources.get_records import fast_get_records
 from flowstream.testing import LocalStreamsServer, MemoryStream
 
-TARGET = "DynamoDBStreams_20120810.GetRecords"
 STREAM_ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/T/stream/2026-11-26T00:00:00.000"
-AMZ_DATE = "20261126T193000Z"
-BODY = b'{"ShardIterator":"arn:aws:dynamodb:eu-west-1:1:x|1|AAAA","Limit":1000}'
-
-
-def botocore_authorization(url: str, credentials: Credentials) -> str:
-    request = AWSRequest(
-        method="POST",
-        url=url,
-        data=BODY,
-        headers={"Content-Type": "application/x-amz-json-1.0", "X-Amz-Target": TARGET},
-    )
-    auth = SigV4Auth(
-        BotocoreCredentials(credentials.access_key, credentials.secret_key, credentials.token),
-        "dynamodb",
-        "eu-west-1",
-    )
-    request.context["timestamp"] = AMZ_DATE
-    auth._modify_request_before_signing(request)
-    signature = auth.signature(
-        auth.string_to_sign(request, auth.canonical_request(request)), request
-    )
-    auth._inject_signature_to_request(request, signature)
-    return str(request.headers["Authorization"])
-
-
-# ------------------------------------------------------------------------ SigV4 signer
-
-
-@pytest.mark.parametrize("token", ["FwoG  token", " FwoGtoken", "FwoGtoken ", "Fwo\tG"])
-def test_a_session_token_is_signed_with_its_whitespace_collapsed_as_botocore_does(
-    token: str,
-) -> None:
-    # botocore canonicalises every signed header value with SigV4's Trimall (strip, and
-    # runs of whitespace -> one space), and so does AWS on the receiving side; JsonSigner
-    # puts the token into the canonical request verbatim.
-    credentials = Credentials("AKIDEXAMPLE", "secret", token)
-    signer = JsonSigner(
-        "https://streams.dynamodb.eu-west-1.amazonaws.com", region="eu-west-1", service="dynamodb"
-    )
-    ours = signer.headers(TARGET, BODY, credentials, amz_date=AMZ_DATE)["Authorization"]
-    assert ours == botocore_authorization(signer.url, credentials)
-
-
-@pytest.mark.parametrize(
-    "url",
-    [
-        "http://LOCALHOST:8000",
-        "HTTPS://Streams.Example.COM:443/",
-        "https://user:pw@host.example:8443",
-        "http://[::FFFF:1.2.3.4]:9000",
-        "http://[fe80::1%25eth0]:9000",
-        "http://host.example:/",
-        "http://[::1]",
-    ],
-)
-def test_hosts_are_signed_as_botocore_signs_them(url: str) -> None:
-    credentials = Credentials("AKIDEXAMPLE", "secret", "FwoG+token/=")
-    signer = JsonSigner(url, region="eu-west-1", service="dynamodb")
-    ours = signer.headers(TARGET, BODY, credentials, amz_date=AMZ_DATE)["Authorization"]
-    assert ours == botocore_authorization(url, credentials)
 
 
 @pytest.fixture
@@ -107,18 +41,7 @@ async def test_a_token_with_a_double_space_passes_the_signature_check(
     stream.close(shard)
     session = get_session()
     session.set_credentials("AKIDFLOWSTREAM", "s3cr3t", "FwoG  token")
-    every = {"DescribeStream", "GetShardIterator", "GetRecords"}
-    async with SignatureCheckingProxy(
-        server.endpoint_url, {"AKIDFLOWSTREAM": "s3cr3t"}, check=every
-    ) as proxy:
-        source = sources.dynamodb(
-            stream_arn=server.stream_arn,
-            endpoint_url=proxy.url,
-            session=session,
-            idle_interval=0.01,
-        )
-        out = sinks.collect()
-        await fs.Pipeline(source).to(out).run(drain=True)
+    proxy, out, _ = await read_through_proxy(server, session, {"AKIDFLOWSTREAM": "s3cr3t"})
     # every call passes, botocore's DescribeStream and GetShardIterator, and flowstream's
     # GetRecords (which once signed the token uncollapsed and was refused)
     assert proxy.refused == []
