@@ -338,6 +338,19 @@ def sections(*, quick: bool = False) -> list[Section]:
     return measured_sections(pages=4 if quick else 8, runs=5 if quick else 9)
 
 
+#: How far a ratio moves between runs on a shared machine (medians of 5-9 runs each): a
+#: target met by less than this is met narrowly, and another run may miss it.
+_SPREAD = 0.15
+
+
+def _verdict(achieved: float, needed: float) -> str:
+    if achieved < needed:
+        return "NOT MET"
+    if achieved < needed * (1 + _SPREAD):
+        return "met, narrowly (within run-to-run spread)"
+    return "met"
+
+
 def measured_sections(*, pages: int, runs: int) -> list[Section]:
     """`sections()` for `pages` pages and `runs` runs."""
     data = make_pages(pages)
@@ -362,7 +375,7 @@ def measured_sections(*, pages: int, runs: int) -> list[Section]:
                 f"({key}) vs {_BY_KEY[base].label.split(':')[0]}",
                 f"≥ {needed:g}x",
                 _ratio(achieved),
-                "met" if achieved >= needed else "NOT MET",
+                _verdict(achieved, needed),
             )
         )
     threshold = "/".join(map(str, gc.get_threshold()))
