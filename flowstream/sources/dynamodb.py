@@ -57,6 +57,7 @@ from flowstream.sources.base import (
     parse_start,
 )
 from flowstream.sources.get_records import fast_get_records
+from flowstream.sources.lag import PollLag
 
 __all__ = ["DynamoDBSource", "dynamodb"]
 
@@ -233,6 +234,7 @@ class _DynamoDBSession(StreamSession):
         self._ended: dict[str, int] = {}  # shard -> ticket of its end; children not looked up
         self._listing: tuple[int, list[Shard]] | None = None  # the latest full listing
         self._fast_get_records = fast_get_records(client) if source.fast_get_records else None
+        self.lag = PollLag(stream_arn, source.idle_interval)
 
     async def get_records(self, iterator: str, limit: int) -> bytes | dict[str, Any]:
         """One GetRecords: the raw body, or (through the client) its response."""
@@ -386,9 +388,13 @@ class _DynamoDBReader(ShardReader):
         self._idle_wait = 0.0  # the last wait after an empty page; 0 after records
 
     async def read(self) -> Page:
-        gap = self._next_poll - anyio.current_time()
+        now = anyio.current_time()
+        gap = self._next_poll - now
         if gap > 0:
             await anyio.sleep(gap)
+            now = anyio.current_time()
+        if self._idle_wait:  # idle: a late start is this process falling behind
+            self._session.lag.note(now - self._next_poll, now)
         backoff = Backoff()
         note: str | None = None
         while True:

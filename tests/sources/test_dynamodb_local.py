@@ -18,6 +18,7 @@ from support import wait_until
 import flowstream as fs
 from flowstream import sinks, sources
 from flowstream.sinks.collect import CollectSink
+from flowstream.sources import lag
 from flowstream.sources.dynamodb import DynamoDBSource
 from flowstream.testing import LocalStreamsServer, MemoryStream
 
@@ -452,6 +453,52 @@ class TestPolling:
         # Four quarters of the interval: in lock step, one quarter would take nearly all.
         quarters = Counter(int((t - polls[0]) % interval / (interval / 4)) for t in polls)
         assert max(quarters.values()) < 0.5 * len(polls), quarters
+
+    @pytest.mark.parametrize(
+        ("shards", "idle_interval", "warned"),
+        [(200, 0.002, True), (4, 0.1, False)],
+        ids=["cannot-keep-up", "keeps-up"],
+    )
+    async def test_a_process_that_cannot_poll_on_time_says_so(
+        self,
+        served: tuple[MemoryStream, LocalStreamsServer],
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+        shards: int,
+        idle_interval: float,
+        warned: bool,
+    ) -> None:
+        # 200 shards polled every 2 ms is far more than one process can send; 4 shards
+        # every 100 ms is easy. Counts are looked at every 0.3 s instead of every minute.
+        monkeypatch.setattr(lag, "REPORT_EVERY", 0.3)
+        stream, server = served
+        ids = [stream.add_shard() for _ in range(shards)]
+        stop = anyio.Event()
+
+        def warnings() -> list[str]:
+            return [r.getMessage() for r in caplog.records if "cannot poll" in r.getMessage()]
+
+        with caplog.at_level("WARNING", logger="flowstream"):
+            async with anyio.create_task_group() as tg:
+
+                async def run() -> None:
+                    source = fast_source(
+                        server, idle_interval=idle_interval, max_polls_per_second=1000
+                    )
+                    await fs.Pipeline(source).to(sinks.collect()).run(stop=stop)
+
+                tg.start_soon(run)
+                if warned:
+                    await wait_until(lambda: bool(warnings()), timeout=30)
+                else:  # 15 polls a shard: at least four looks at the counts
+                    await wait_until(
+                        lambda: min(server.calls[("GetRecords", i)] for i in ids) >= 15
+                    )
+                stop.set()
+        if warned:
+            assert "Raise idle_interval=, or spread the shards" in warnings()[0]
+        else:
+            assert warnings() == []
 
     def test_the_default_idle_interval_is_lambdas_pace(self) -> None:
         # Lambda polls a DynamoDB stream shard 4 times a second: a change on an idle
