@@ -451,24 +451,24 @@ class _DynamoDBReader(ShardReader):
             self._last_read = records[-1].sequence_number
             self._idle_wait = 0.0
         elif not ended:
-            # Poll an idle shard less and less often, up to the idle interval, counted
-            # from when the last poll was sent: a shard is polled once per interval.
-            interval = self._source.idle_interval
-            if self._idle_wait >= interval:
-                wait = interval
-            else:
-                step = self._idle_wait * 2 or self._source.min_poll_gap
-                if step < interval:
-                    wait = step
-                else:
-                    # The first wait that reaches the interval is cut short at random:
-                    # shards that went idle together (all of them, at startup) then poll
-                    # spread over the interval rather than in one burst that queues every
-                    # interval. It costs one poll per shard each time it goes idle.
-                    wait = random.uniform(self._source.min_poll_gap, interval)
-                self._idle_wait = step
-            self._next_poll = max(self._next_poll, self._polled_at + wait)
+            # Counted from when the last poll was sent: a shard is polled once per interval.
+            self._next_poll = max(self._next_poll, self._polled_at + self._next_idle_wait())
         return Page(records, caught_up=not records or ended, ended=ended, note=note)
+
+    def _next_idle_wait(self) -> float:
+        """The wait after one more empty page: twice the last (from the poll gap), up to
+        the idle interval, so an idle shard is polled less and less often."""
+        interval = self._source.idle_interval
+        if self._idle_wait >= interval:
+            return interval
+        self._idle_wait = self._idle_wait * 2 or self._source.min_poll_gap
+        if self._idle_wait < interval:
+            return self._idle_wait
+        # The first wait that reaches the interval is cut short at random: shards that
+        # went idle together (all of them, at startup) then poll spread over the interval
+        # rather than in one burst that queues every interval. It costs one poll per
+        # shard each time it goes idle.
+        return random.uniform(self._source.min_poll_gap, interval)
 
     async def _renew_iterator(self) -> str | None:
         position = Position.after(self._last_read) if self._last_read is not None else self._start
