@@ -57,8 +57,11 @@ def baseline_a(body: bytes) -> int:
     response), then boto3's TypeDeserializer on the keys and both images."""
     parser = botocore.parsers.create_parser("json")
     parsed = parser.parse({"body": body, "headers": {}, "status_code": 200}, _GET_RECORDS)
-    deserialize = TypeDeserializer().deserialize
-    records = parsed["Records"]
+    return _deserialize_all(parsed["Records"], TypeDeserializer().deserialize)
+
+
+def _deserialize_all(records: list[dict[str, Any]], deserialize: Callable[[Any], Any]) -> int:
+    """Keys and both images of every record through `deserialize`, as A and B do."""
     for record in records:
         data = record["dynamodb"]
         for part in _PARTS:
@@ -81,15 +84,7 @@ class _Base64TypeDeserializer(TypeDeserializer):  # type: ignore[misc]
 
 def baseline_b(body: bytes) -> int:
     """`json.loads`, then TypeDeserializer on the keys and both images."""
-    records = json.loads(body)["Records"]
-    deserialize = _Base64TypeDeserializer().deserialize
-    for record in records:
-        data = record["dynamodb"]
-        for part in _PARTS:
-            image = data.get(part)
-            if image is not None:
-                {k: deserialize(v) for k, v in image.items()}
-    return len(records)
+    return _deserialize_all(json.loads(body)["Records"], _Base64TypeDeserializer().deserialize)
 
 
 def baseline_c(event: dict[str, Any]) -> int:
