@@ -38,9 +38,7 @@ import argparse
 import gc
 import math
 import os
-import selectors
 import statistics
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -48,7 +46,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import anyio
 import boto3
@@ -57,6 +55,7 @@ import msgspec
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from boto3.dynamodb.types import TypeDeserializer
+from child import Child
 from report import Section, machine
 
 import flowstream as fs
@@ -136,22 +135,17 @@ class ServerProcess:
 
     def __init__(self, pages_per_shard: int) -> None:
         self.pages_per_shard = pages_per_shard
-        self._process: subprocess.Popen[bytes] | None = None
+        self._child: Child | None = None
         self.served: Served | None = None
 
     @property
     def pid(self) -> int:
-        assert self._process is not None, "start the server first"
-        return self._process.pid
+        assert self._child is not None, "start the server first"
+        return self._child.pid
 
     def __enter__(self) -> Served:
-        self._process = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--serve", str(self.pages_per_shard)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-        )
-        assert self._process.stdout is not None
-        line = _readline(self._process.stdout, STARTUP_TIMEOUT)
+        self._child = Child(__file__, "--serve", str(self.pages_per_shard))
+        line = self._child.first_line(STARTUP_TIMEOUT)
         try:
             self.served = msgspec.json.decode(line, type=Served)
         except msgspec.DecodeError:
@@ -160,27 +154,9 @@ class ServerProcess:
         return self.served
 
     def __exit__(self, *exc_info: object) -> None:
-        process, self._process = self._process, None
-        if process is None:
-            return
-        if process.stdin is not None:
-            process.stdin.close()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
-
-
-def _readline(stream: IO[bytes], timeout: float) -> bytes:
-    """One line of a subprocess's output, or b"" when none comes within `timeout`."""
-    with selectors.DefaultSelector() as selector:
-        selector.register(stream, selectors.EVENT_READ)
-        if not selector.select(timeout):
-            return b""
-    return stream.readline()
+        child, self._child = self._child, None
+        if child is not None:
+            child.stop()
 
 
 def process_cpu(pid: int) -> float:

@@ -15,20 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import selectors
 import signal
 import socket
-import subprocess
 import sys
 import urllib.request
-from pathlib import Path
-from typing import IO
 
 import msgspec
 from aiohttp import web
+from child import Child
 
 STARTUP_TIMEOUT = 30.0
-STOP_TIMEOUT = 10.0
 
 
 # -- the server (its own process) ---------------------------------------------------------
@@ -92,7 +88,7 @@ class CountingServer:
 
     def __init__(self) -> None:
         self.port = 0
-        self._process: subprocess.Popen[bytes] | None = None
+        self._child: Child | None = None
 
     @property
     def url(self) -> str:
@@ -100,17 +96,12 @@ class CountingServer:
 
     @property
     def pid(self) -> int:
-        assert self._process is not None, "start() the server first"
-        return self._process.pid
+        assert self._child is not None, "start() the server first"
+        return self._child.pid
 
     def start(self) -> None:
-        self._process = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve())],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-        )
-        assert self._process.stdout is not None
-        line = _readline(self._process.stdout, STARTUP_TIMEOUT)
+        self._child = Child(__file__)
+        line = self._child.first_line(STARTUP_TIMEOUT)
         if not line.strip().isdigit():
             self.stop()
             raise RuntimeError(f"the counting server did not start (it printed {line!r})")
@@ -128,20 +119,9 @@ class CountingServer:
             pass
 
     def stop(self) -> None:
-        process, self._process = self._process, None
-        if process is None:
-            return
-        if process.stdin is not None:
-            process.stdin.close()
-        if process.poll() is None:
-            process.terminate()
-        try:
-            process.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
+        child, self._child = self._child, None
+        if child is not None:
+            child.stop()
 
     def __enter__(self) -> CountingServer:
         self.start()
@@ -149,15 +129,6 @@ class CountingServer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
-
-
-def _readline(stream: IO[bytes], timeout: float) -> bytes:
-    """One line of a subprocess's output, or b"" when none comes within `timeout`."""
-    with selectors.DefaultSelector() as selector:
-        selector.register(stream, selectors.EVENT_READ)
-        if not selector.select(timeout):
-            return b""
-    return stream.readline()
 
 
 if __name__ == "__main__":
