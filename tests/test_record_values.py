@@ -58,32 +58,29 @@ def test_missing_attributes_and_images_give_the_default() -> None:
     assert inserted.new_value("nope") is None
 
 
-def test_a_bad_attribute_is_an_error_naming_its_path() -> None:
+def with_new_image(wire_image: Any) -> fs.Record:
+    """A MODIFY record decoded from the wire with `wire_image` as its NewImage JSON."""
     wire = {
         "eventID": "1",
         "eventName": "MODIFY",
         "dynamodb": {
             "Keys": {"pk": {"S": "a"}},
             "SequenceNumber": "100000000000000000001",
-            "NewImage": {"pk": {"S": "a"}, "n": {"N": "not a number"}},
+            "NewImage": wire_image,
         },
     }
-    (bad,) = fs.decode_records(msgspec.json.encode({"Records": [wire]}))
+    (decoded,) = fs.decode_records(msgspec.json.encode({"Records": [wire]}))
+    return decoded
+
+
+def test_a_bad_attribute_is_an_error_naming_its_path() -> None:
+    bad = with_new_image({"pk": {"S": "a"}, "n": {"N": "not a number"}})
     assert bad.new_value("pk") == "a"  # the good attribute alone still reads
     with pytest.raises(AttributeValueError, match=r"NewImage\.n"):
         bad.new_value("n")
 
 
 def test_an_image_that_is_not_an_object_is_reported() -> None:
-    wire = {
-        "eventID": "1",
-        "eventName": "MODIFY",
-        "dynamodb": {
-            "Keys": {"pk": {"S": "a"}},
-            "SequenceNumber": "100000000000000000001",
-            "NewImage": ["not", "an", "object"],
-        },
-    }
-    (bad,) = fs.decode_records(msgspec.json.encode({"Records": [wire]}))
+    bad = with_new_image(["not", "an", "object"])
     with pytest.raises(RecordDecodeError, match="NewImage"):
         bad.new_value("pk")
