@@ -4,6 +4,7 @@ signature as AWS does (tests of the fast GetRecords)."""
 from __future__ import annotations
 
 import re
+from contextlib import AsyncExitStack
 from typing import Final
 
 import aiohttp
@@ -13,6 +14,7 @@ from aiohttp import web
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
+from support import local_http
 
 import flowstream as fs
 from flowstream import sinks, sources
@@ -40,7 +42,7 @@ class SignatureCheckingProxy:
         self.passed: list[tuple[str, str, str]] = []  # (operation, access key, user agent)
         self.refused: list[str] = []
         self.url = ""
-        self._runner: web.ServerRunner | None = None
+        self._listening = AsyncExitStack()
         self._client: aiohttp.ClientSession | None = None
 
     def _signature_problem(self, request: web.BaseRequest, body: bytes) -> str | None:
@@ -105,18 +107,12 @@ class SignatureCheckingProxy:
 
     async def __aenter__(self) -> SignatureCheckingProxy:
         self._client = aiohttp.ClientSession()
-        self._runner = web.ServerRunner(web.Server(self._handle))
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = self._runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = await self._listening.enter_async_context(local_http(self._handle))
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        assert self._runner is not None
         assert self._client is not None
-        await self._runner.cleanup()
+        await self._listening.aclose()
         await self._client.close()
 
 

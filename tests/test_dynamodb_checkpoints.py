@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
 from typing import Any
 
 import aiohttp
@@ -22,7 +23,7 @@ import test_checkpoints as contract
 from aiohttp import web
 from moto_server import closed_port
 from sink_support import new_session
-from support import wait_until
+from support import local_http, wait_until
 
 import flowstream as fs
 from flowstream import checkpoints, sinks
@@ -134,6 +135,7 @@ class DynamoProxy:
         self.refusals: list[tuple[str, str]] = []
         self._faults: dict[str, tuple[Fault, float]] = {}
         self._edits: dict[str, list[Callable[[dict[str, Any]], None]]] = {}
+        self._listening = AsyncExitStack()
         self._gates: dict[str, int] = {}
         self._client: aiohttp.ClientSession | None = None
 
@@ -197,22 +199,15 @@ class DynamoProxy:
 
     async def __aenter__(self) -> DynamoProxy:
         self._client = aiohttp.ClientSession()
-        app = web.Application()
-        app.router.add_route("POST", "/{tail:.*}", self.handle)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        self._site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await self._site.start()
-        port = self._site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = await self._listening.enter_async_context(local_http(self.handle))
         return self
 
     async def stop_listening(self) -> None:
         """Close the port and every open connection: the endpoint is gone."""
-        await self._runner.cleanup()
+        await self._listening.aclose()
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await self._runner.cleanup()
+        await self._listening.aclose()
         assert self._client is not None
         await self._client.close()
 

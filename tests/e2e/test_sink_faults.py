@@ -25,6 +25,7 @@ import pytest
 from aiohttp import web
 from moto_server import closed_port
 from sink_support import new_session
+from support import local_http
 
 import flowstream as fs
 from flowstream import checkpoints, sinks, sources
@@ -125,18 +126,12 @@ class Endpoint:
 @asynccontextmanager
 async def serve() -> AsyncIterator[Endpoint]:
     endpoint = Endpoint()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", endpoint.handle)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        endpoint.url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
-        yield endpoint
-    finally:
-        endpoint.close()
-        await runner.cleanup()
+    async with local_http(endpoint.handle) as url:
+        endpoint.url = f"{url}/hook"
+        try:
+            yield endpoint
+        finally:
+            endpoint.close()
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ from aiohttp import web
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import ReadOnlyCredentials
+from support import local_http
 
 import flowstream as fs
 from flowstream.errors import DeliveryError, SinkError
@@ -147,19 +148,12 @@ class Endpoint:
 @asynccontextmanager
 async def serve(tls: ssl.SSLContext | None = None) -> AsyncIterator[Endpoint]:
     endpoint = Endpoint()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", endpoint.handle)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls)
-        await site.start()
-        port = runner.addresses[0][1]
-        endpoint.url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
-        yield endpoint
-    finally:
-        endpoint.release()
-        await runner.cleanup()
+    async with local_http(endpoint.handle, tls=tls) as url:
+        endpoint.url = url
+        try:
+            yield endpoint
+        finally:
+            endpoint.release()
 
 
 @pytest.fixture

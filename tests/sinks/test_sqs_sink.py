@@ -29,6 +29,7 @@ from aiobotocore.session import AioSession
 from aiohttp import web
 from moto_server import closed_port
 from sink_support import drain, new_session, send
+from support import local_http
 
 import flowstream as fs
 from flowstream.errors import DeliveryError, ShardStoppedError, SinkError
@@ -713,18 +714,8 @@ class FaultProxy:
 async def proxy(moto_url: str, request: pytest.FixtureRequest) -> AsyncIterator[FaultProxy]:
     (status, body, headers), times = request.param
     fault = FaultProxy(moto_url, status, body, headers, times=times)
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", fault.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    fault.url = f"http://127.0.0.1:{port}"
-    try:
+    async with local_http(fault.handle) as fault.url:
         yield fault
-    finally:
-        await runner.cleanup()
 
 
 #: (status, JSON body, headers) of a response that fails a whole call

@@ -13,6 +13,7 @@ from aiobotocore.session import get_session
 from aiohttp import web
 from botocore.exceptions import ClientError
 from sigv4_proxy import read_through_proxy
+from support import local_http
 
 from flowstream import sources
 from flowstream.aws import client_config, is_retryable
@@ -106,35 +107,30 @@ async def test_odd_error_answers_raise_what_the_client_raises() -> None:
         status, body, content_type = answer[-1]
         return web.Response(status=status, body=body, content_type=content_type)
 
-    runner = web.ServerRunner(web.Server(handle))
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-        async with get_session().create_client(
+    async with (
+        local_http(handle) as url,
+        get_session().create_client(
             "dynamodbstreams", endpoint_url=url, config=client_config(4)
-        ) as client:
-            fast = fast_get_records(client)
-            assert fast is not None
-            await client.describe_stream(
-                StreamArn="arn:aws:dynamodb:us-east-1:123456789012:table/T/stream/x"
-            )
-            assert fast.ready
-            for case in _ODD_ANSWERS:
-                answer.append(case)
-                seen = []
-                for call in (
-                    lambda: fast("it", 10),
-                    lambda: client.get_records(ShardIterator="it", Limit=10),
-                ):
-                    with pytest.raises(ClientError) as raised:
-                        await call()
-                    error = raised.value
-                    seen.append((type(error), error.response["Error"], is_retryable(error)))
-                assert seen[0] == seen[1], case
-    finally:
-        await runner.cleanup()
+        ) as client,
+    ):
+        fast = fast_get_records(client)
+        assert fast is not None
+        await client.describe_stream(
+            StreamArn="arn:aws:dynamodb:us-east-1:123456789012:table/T/stream/x"
+        )
+        assert fast.ready
+        for case in _ODD_ANSWERS:
+            answer.append(case)
+            seen = []
+            for call in (
+                lambda: fast("it", 10),
+                lambda: client.get_records(ShardIterator="it", Limit=10),
+            ):
+                with pytest.raises(ClientError) as raised:
+                    await call()
+                error = raised.value
+                seen.append((type(error), error.response["Error"], is_retryable(error)))
+            assert seen[0] == seen[1], case
 
 
 # ------------------------------------------------------------------------ idle pacing
