@@ -8,6 +8,7 @@ so every mistake that can be seen while building is reported there, as a
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, final, overload
 
@@ -341,6 +342,20 @@ class Pipeline(Generic[T]):
             )
         new = self._next(route=self._route)
         new._source = source
+        return new
+
+    def _without_record_age(self) -> Pipeline[T]:
+        """The same pipeline with `max_record_age` dropped from every failure policy, the
+        steps' own included: for a replay, whose records are old by design."""
+
+        def ageless(policy: FailurePolicy | None) -> FailurePolicy | None:
+            if policy is None or policy.max_record_age is None:
+                return policy
+            return replace(policy, max_record_age=None)
+
+        new = self._next(route=self._route)
+        new._steps = tuple(replace(step, policy=ageless(step.policy)) for step in self._steps)
+        new._policy = replace(self._policy, max_record_age=None)
         return new
 
     # -- inspecting ---------------------------------------------------------------------

@@ -28,9 +28,9 @@ async def replay_dead_letters(
     A record that fails again follows the pipeline's `on_failure()`: it becomes a new
     dead letter in the pipeline's dead-letter sink, or its shard stops and
     `ShardStoppedError` is raised (its `report` says where) after the other shards are
-    done. The policy's `max_record_age` does not apply: a dead letter is old by the time
-    it is replayed. Nothing is removed from `letters`: delete them only once this
-    returns.
+    done. `max_record_age` does not apply, in the pipeline's policy or a step's own: a
+    dead letter is old by the time it is replayed. Nothing is removed from `letters`:
+    delete them only once this returns.
     """
     if not isinstance(pipeline, Pipeline):
         raise PipelineError(
@@ -38,13 +38,5 @@ async def replay_dead_letters(
             "fs.Pipeline whose steps and sinks the records should go through again"
         )
     source = dead_letters(letters, only_pipeline=only_pipeline)
-    replay = pipeline.with_source(source)
-    policy = pipeline.failure_policy
-    if policy.max_record_age is not None:
-        replay = replay.on_failure(
-            retries=policy.retries,
-            backoff=policy.backoff,
-            bisect=policy.bisect,
-            dead_letter=policy.dead_letter,
-        )
+    replay = pipeline.with_source(source)._without_record_age()
     return await replay.run(drain=True)

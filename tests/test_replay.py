@@ -461,9 +461,13 @@ class TestFromSqs:
         assert report.read == len(originals)
 
 
-async def test_a_replay_delivers_records_older_than_max_record_age(tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["pipeline", "step"])
+async def test_a_replay_delivers_records_older_than_max_record_age(
+    tmp_path: Path, where: str
+) -> None:
     """A dead letter is old by the time it is replayed; the replay must deliver it, not
-    dead-letter it again for its age."""
+    dead-letter it again for its age, whether the age limit is the pipeline's or a
+    step's own."""
     stream = MemoryStream()
     shard = stream.add_shard()
     old = datetime.now(UTC) - timedelta(days=2)
@@ -480,11 +484,22 @@ async def test_a_replay_delivers_records_older_than_max_record_age(tmp_path: Pat
         last_failure=None,
     )
     out, again = sinks.collect(), sinks.collect()
-    pipeline = (
-        fs.Pipeline(stream, name="p")
-        .to(out)
-        .on_failure(max_record_age=3600, dead_letter=again, retries=0)
-    )
+    pipeline = fs.Pipeline(stream, name="p")
+    if where == "step":
+        # a step's own age limit applies when the step fails: the first call fails, the
+        # retry must run rather than dead-letter the old record for its age
+        calls: list[str] = []
+
+        def flaky(r: fs.Record) -> fs.Record:
+            calls.append(r.sequence_number)
+            if len(calls) == 1:
+                raise ConnectionError("a blip")
+            return r
+
+        aged = fs.FailurePolicy(max_record_age=3600, dead_letter=again, retries=1, backoff=(0, 0))
+        pipeline = pipeline.map(flaky, on_failure=aged).to(out)
+    else:
+        pipeline = pipeline.to(out).on_failure(max_record_age=3600, dead_letter=again, retries=0)
     report = await fs.replay_dead_letters(pipeline, [letter])
     assert [r.sequence_number for r in out.items] == [record.sequence_number]
     assert again.items == []
