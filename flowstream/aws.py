@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
+import anyio
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession, get_session
 from botocore import exceptions as botocore_errors
@@ -16,11 +17,13 @@ from botocore import exceptions as botocore_errors
 from flowstream.errors import FlowstreamError
 
 __all__ = [
+    "REFUSED_CODES",
     "configuration_error",
     "create_client",
     "error_code",
     "error_message",
     "is_retryable",
+    "is_setup_error",
 ]
 
 #: Error codes that say "try again later" across the services flowstream calls.
@@ -43,6 +46,19 @@ RETRYABLE_CODES: Final = frozenset(
         "TransactionInProgressException",
         "RequestThrottled",
         "KmsThrottled",
+    }
+)
+
+#: Error codes of a service refusing the caller: bad, expired or unauthorised credentials.
+REFUSED_CODES: Final = frozenset(
+    {
+        "UnrecognizedClientException",
+        "InvalidSignatureException",
+        "InvalidClientTokenId",
+        "SignatureDoesNotMatch",
+        "ExpiredTokenException",
+        "AccessDeniedException",
+        "AccessDenied",
     }
 )
 
@@ -126,20 +142,18 @@ def configuration_error(
     if isinstance(exc, botocore_errors.ParamValidationError):
         return error_type(f"{what} rejected a request before sending it: {exc}")
     code = error_code(exc)
-    if code in {
-        "UnrecognizedClientException",
-        "InvalidSignatureException",
-        "InvalidClientTokenId",
-        "SignatureDoesNotMatch",
-        "ExpiredTokenException",
-        "AccessDeniedException",
-        "AccessDenied",
-    }:
+    if code in REFUSED_CODES:
         return error_type(
             f"{what}{where} refused the credentials ({code}: {error_message(exc)}); check the "
             "credentials and the permissions of the role or user"
         )
     return None
+
+
+def is_setup_error(exc: BaseException) -> bool:
+    """True for a setup problem retrying cannot fix (credentials, region, an endpoint
+    that cannot be reached, a refused caller): what `configuration_error` explains."""
+    return configuration_error(exc, FlowstreamError, what="", endpoint_url=None) is not None
 
 
 def client_config(max_connections: int) -> AioConfig:
@@ -162,13 +176,20 @@ async def create_client(
     endpoint_url: str | None,
     max_connections: int = 10,
 ) -> AsyncIterator[Any]:
-    """An aiobotocore client for `service`, closed on exit. Credentials, profiles and
-    endpoint variables resolve through botocore's standard chain."""
+    """An aiobotocore client for `service`, closed on exit, also when the exit is a
+    cancellation (an interrupted close leaves aiohttp's session and connections open
+    until garbage collection). Credentials, profiles and endpoint variables resolve
+    through botocore's standard chain."""
     session = session or get_session()
-    async with session.create_client(
+    creating = session.create_client(
         service,
         region_name=region,
         endpoint_url=endpoint_url,
         config=client_config(max_connections),
-    ) as client:
+    )
+    client = await creating.__aenter__()
+    try:
         yield client
+    finally:
+        with anyio.CancelScope(shield=True):
+            await creating.__aexit__(None, None, None)

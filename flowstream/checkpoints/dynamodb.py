@@ -26,11 +26,13 @@ import anyio.abc
 from aiobotocore.session import AioSession
 
 from flowstream.aws import (
+    REFUSED_CODES,
     configuration_error,
     create_client,
     error_code,
     error_message,
     is_retryable,
+    is_setup_error,
 )
 from flowstream.backoff import Backoff
 from flowstream.checkpoints.base import (
@@ -119,8 +121,7 @@ class DynamoDBCheckpoints(CheckpointStore):
                 f"{len(key.encode())} bytes, over DynamoDB's {_MAX_PARTITION_KEY_BYTES}-byte "
                 "limit for a partition key; use a shorter pipeline name"
             )
-        stack = AsyncExitStack()
-        try:
+        async with AsyncExitStack() as stack:
             try:
                 client = await stack.enter_async_context(
                     create_client(
@@ -139,11 +140,6 @@ class DynamoDBCheckpoints(CheckpointStore):
                 yield session
             finally:
                 session.closed = True
-        finally:
-            # Close the client even when the run is being cancelled: an interrupted close
-            # leaves aiohttp's session and connections open until garbage collection.
-            with anyio.CancelScope(shield=True):
-                await stack.aclose()
 
     def _where(self, client: Any) -> str:
         where = f" at {self.endpoint_url}" if self.endpoint_url else ""
@@ -164,7 +160,7 @@ class DynamoDBCheckpoints(CheckpointStore):
         )
         if setup is not None:
             message = str(setup)
-            if action is not None and "refused the credentials" in message:
+            if action is not None and error_code(exc) in REFUSED_CODES:
                 message += f"; the checkpoint store needs dynamodb:{action} on the table"
             return CheckpointError(f"{self.describe()}: {doing}: {message}")
         code = error_code(exc) or type(exc).__name__
@@ -230,11 +226,7 @@ async def _call(
         try:
             return await method(**params)
         except Exception as exc:
-            if not is_retryable(exc) or (
-                opening
-                and configuration_error(exc, CheckpointError, what="", endpoint_url=None)
-                is not None
-            ):
+            if not is_retryable(exc) or (opening and is_setup_error(exc)):
                 raise
             retry.last = exc
             delay = backoff.next_delay()

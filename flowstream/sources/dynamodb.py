@@ -36,6 +36,7 @@ from flowstream.aws import (
     error_code,
     error_message,
     is_retryable,
+    is_setup_error,
 )
 from flowstream.backoff import Backoff
 from flowstream.errors import (
@@ -293,10 +294,7 @@ class _DynamoDBSession(StreamSession):
             try:
                 return await method(**params)
             except Exception as exc:
-                give_up = _opening and (
-                    backoff.attempt >= _OPENING_ATTEMPTS
-                    or configuration_error(exc, SourceError, what="", endpoint_url=None) is not None
-                )
+                give_up = _opening and (backoff.attempt >= _OPENING_ATTEMPTS or is_setup_error(exc))
                 if give_up or not is_retryable(exc):
                     error = self._error(exc)
                     if error is exc:
