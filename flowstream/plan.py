@@ -14,7 +14,7 @@ import functools
 import inspect
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import CoroutineType
 from typing import Any
 
@@ -126,7 +126,7 @@ class StepFailure:
     record_index: int
     step: str
     error: BaseException
-    position: int = 0
+    position: int
 
 
 @dataclass(slots=True)
@@ -167,6 +167,10 @@ class Plan:
     sinks: list[Sink] = field(init=False)
     #: `sinks`, then the dead-letter sinks that are not among them: what a run opens
     all_sinks: list[Sink] = field(init=False)
+    #: what dead letters are delivered under: the pipeline's retries and backoff, with no
+    #: dead-letter sink of its own and no age limit
+    letter_policy: FailurePolicy = field(init=False)
+    _positions: dict[int, int] = field(init=False)  # id(sink) -> index in all_sinks
     _routes: list[tuple[Callable[[Any], Any], list[int], bool]] = field(init=False)
     _otherwise: list[int] = field(init=False)
 
@@ -177,6 +181,8 @@ class Plan:
         for sink in self.dead_letter_sinks():
             if id(sink) not in index:
                 self.all_sinks.append(sink)
+        self._positions = {id(sink): i for i, sink in enumerate(self.all_sinks)}
+        self.letter_policy = replace(self.policy, dead_letter=None, max_record_age=None)
         # A sink named twice in one route (`.to(s, s)`) still gets each element once.
         self._routes = [
             (pred, list(dict.fromkeys(index[id(s)] for s in sinks)), is_async)
@@ -203,10 +209,10 @@ class Plan:
 
     def position_of(self, sink: Sink) -> int:
         """The index of `sink` in `all_sinks` (and in a run's writers)."""
-        for i, candidate in enumerate(self.all_sinks):
-            if candidate is sink:
-                return i
-        raise ValueError(f"{sink.name} is not a sink of this plan")
+        position = self._positions.get(id(sink))
+        if position is None:
+            raise ValueError(f"{sink.name} is not a sink of this plan")
+        return position
 
     def step_label(self, position: int) -> str:
         if position == len(self.steps):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import anyio
@@ -346,7 +346,7 @@ class ShardRunner:
         by_sink: dict[int, list[_Letter]] = {}
         for letter in by_record.values():
             by_sink.setdefault(self.plan.position_of(letter.sink), []).append(letter)
-        policy = replace(self.plan.policy, dead_letter=None, max_record_age=None)
+        policy = self.plan.letter_policy
         deliveries: list[_Delivery] = []
         for i, group in by_sink.items():
             values = [
@@ -393,17 +393,15 @@ class ShardRunner:
 
 @dataclass(slots=True)
 class _Tries:
-    """How an item has failed so far: every failed call it was in (`attempts`), and
-    those that count against its retries (`alone`: all but the calls made to bisect)."""
+    """How an item has failed so far: the failed calls that count against its retries
+    (`alone`: all but the calls made to bisect), and when it first and last failed."""
 
-    attempts: int = 0
     alone: int = 0
     isolated: bool = False
     first: datetime | None = None
     last: datetime | None = None
 
     def fail(self, now: datetime) -> None:
-        self.attempts += 1
         self.first = self.first or now
         self.last = now
 
@@ -424,7 +422,6 @@ class _Delivery:
         "_given_up",
         "_tries",
         "batch",
-        "index",
         "letters",
         "letters_only",
         "limit",
@@ -449,7 +446,6 @@ class _Delivery:
         letters_only: bool = False,
     ) -> None:
         self.runner = runner
-        self.index = index
         self.writer = runner.writers[index]
         self.stats = runner.sink_reports[index]
         self.batch = batch
