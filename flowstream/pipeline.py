@@ -82,6 +82,15 @@ def _check_sink(sink: object, where: str) -> None:
         _not_a_sink(sink, where)
 
 
+def _check_source(source: object, where: str) -> None:
+    if not isinstance(source, Source):
+        raise PipelineError(
+            f"{where} got {type(source).__name__} as its source; pass a source such as "
+            "sources.dynamodb(table=...), sources.jsonl(path) or a "
+            "flowstream.testing.MemoryStream"
+        )
+
+
 def _not_a_sink(thing: object, where: str) -> NoReturn:
     raise PipelineError(
         f"{where} got {type(thing).__name__} where a sink belongs; use a sink from "
@@ -102,12 +111,7 @@ class Pipeline(Generic[T]):
     _policy: FailurePolicy
 
     def __init__(self: Pipeline[Record], source: Source, *, name: str | None = None) -> None:
-        if not isinstance(source, Source):
-            raise PipelineError(
-                f"fs.Pipeline() got {type(source).__name__} as its source; pass a source "
-                "such as sources.dynamodb(table=...), sources.jsonl(path) or a "
-                "flowstream.testing.MemoryStream"
-            )
+        _check_source(source, "fs.Pipeline()")
         if name is not None and (not isinstance(name, str) or not name.strip()):
             raise PipelineError(
                 f"fs.Pipeline(name={name!r}) is not a usable name; give a non-empty string "
@@ -335,11 +339,7 @@ class Pipeline(Generic[T]):
     def with_source(self, source: Source) -> Pipeline[T]:
         """The same steps, route and failure policy over another source (a replay, a
         test stream, another table with the same items)."""
-        if not isinstance(source, Source):
-            raise PipelineError(
-                f".with_source() got {type(source).__name__}; pass a source such as "
-                "sources.dynamodb(table=...) or a flowstream.testing.MemoryStream"
-            )
+        _check_source(source, ".with_source()")
         new = self._next(route=self._route)
         new._source = source
         return new

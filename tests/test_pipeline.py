@@ -184,6 +184,10 @@ class TestSourceAndNameErrors:
                 lambda: fs.Pipeline(QUEUE),  # type: ignore[arg-type]
                 ["fs.Pipeline() got CollectSink", "MemoryStream"],
             ),
+            "with-source-not-a-source": (
+                lambda: fs.Pipeline(users()).with_source("Users"),  # type: ignore[arg-type]
+                [".with_source() got str as its source", "sources.dynamodb(table=...)"],
+            ),
             "name-empty": (
                 lambda: fs.Pipeline(users(), name=""),
                 ["fs.Pipeline(name='')", "non-empty string", "name='user-cache'"],
