@@ -7,10 +7,13 @@ record is done, so its children may be read). Stores never move a position backw
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Final
+
+from flowstream.errors import CheckpointError
 
 __all__ = [
     "SHARD_END",
@@ -39,8 +42,6 @@ def is_position(position: object) -> bool:
 
 def check_position(store: str, shard_id: str, position: str) -> None:
     """Refuse a `position` that is not one; `store` names the store in the message."""
-    from flowstream.errors import CheckpointError
-
     if not is_position(position):
         raise CheckpointError(
             f"{store}: checkpoint for shard {shard_id!r}: {position!r} is not a position; "
@@ -48,10 +49,23 @@ def check_position(store: str, shard_id: str, position: str) -> None:
         )
 
 
+def check_seconds(name: str, option: str, value: object, *, zero: bool) -> None:
+    """Refuse an `option=` of store `name` that is not a finite number of seconds,
+    above 0 (or 0 too, with `zero`)."""
+    if (
+        isinstance(value, int | float)
+        and math.isfinite(value)
+        and (value > 0 or (zero and value == 0))
+    ):
+        return
+    raise CheckpointError(
+        f"{name}: {option}={value!r} is not a number of seconds; pass a finite number "
+        f"{'>= 0' if zero else '> 0'}, e.g. {option}=1.0"
+    )
+
+
 def check_flush_records(name: str, value: object) -> None:
     """Refuse a `flush_records=` that is not a positive whole number (or None)."""
-    from flowstream.errors import CheckpointError
-
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise CheckpointError(
             f"{name}: flush_records={value!r} is not a number of records; pass a whole "

@@ -14,7 +14,6 @@ digits, or ``SHARD_END``, which sorts after every digit.
 from __future__ import annotations
 
 import logging
-import math
 import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
@@ -41,6 +40,7 @@ from flowstream.checkpoints.base import (
     CheckpointStore,
     check_flush_records,
     check_position,
+    check_seconds,
     is_position,
 )
 from flowstream.errors import CheckpointError
@@ -525,19 +525,6 @@ def position_order(position: str) -> str | None:
     return None
 
 
-def _check_seconds(name: str, option: str, value: object, *, zero: bool) -> None:
-    if (
-        isinstance(value, int | float)
-        and math.isfinite(value)
-        and (value > 0 or (zero and value == 0))
-    ):
-        return
-    raise CheckpointError(
-        f"{name}: {option}={value!r} is not a number of seconds; pass a finite number "
-        f"{'>= 0' if zero else '> 0'}, e.g. {option}=1.0"
-    )
-
-
 def dynamodb(
     table: str,
     *,
@@ -570,10 +557,10 @@ def dynamodb(
             f"{name}: {table!r} is not a DynamoDB table name; pass 3 to 255 letters, digits, "
             "'_', '-' or '.', e.g. checkpoints.dynamodb('flowstream-checkpoints')"
         )
-    _check_seconds(name, "flush_interval", flush_interval, zero=True)
+    check_seconds(name, "flush_interval", flush_interval, zero=True)
     check_flush_records(name, flush_records)
     # A save gets `timeout` seconds in all, its first attempt included.
-    _check_seconds(name, "timeout", timeout, zero=False)
+    check_seconds(name, "timeout", timeout, zero=False)
     if not isinstance(max_connections, int) or max_connections < 1:
         raise CheckpointError(
             f"{name}: max_connections={max_connections!r} must be a whole number >= 1"

@@ -7,7 +7,6 @@ for every connection to the file, including other processes.
 
 from __future__ import annotations
 
-import math
 import os
 import sqlite3
 import time
@@ -25,6 +24,7 @@ from flowstream.checkpoints.base import (
     CheckpointStore,
     check_flush_records,
     check_position,
+    check_seconds,
 )
 from flowstream.errors import CheckpointError
 
@@ -274,13 +274,10 @@ def sqlite(
     `flush_records` also writes once that many records are done since the last write;
     `timeout` is how long a save waits for another connection's lock before it fails.
     """
-    check_flush_records(f"sqlite({os.fspath(path)})", flush_records)
-    for name, value in (("flush_interval", flush_interval), ("timeout", timeout)):
-        if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
-            raise CheckpointError(
-                f"sqlite({os.fspath(path)}): {name}={value!r} is not a number of seconds; "
-                f"pass a finite number >= 0, e.g. {name}=1.0"
-            )
+    name = f"sqlite({os.fspath(path)})"
+    check_flush_records(name, flush_records)
+    check_seconds(name, "flush_interval", flush_interval, zero=True)
+    check_seconds(name, "timeout", timeout, zero=True)
     return SqliteCheckpoints(
         path, flush_interval=flush_interval, timeout=timeout, flush_records=flush_records
     )
