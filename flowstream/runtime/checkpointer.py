@@ -54,13 +54,14 @@ class Checkpointer:
             if not self._pending:
                 return
             batch, self._pending = self._pending, {}
-            self._done = 0
+            done, self._done = self._done, 0
             try:
                 await self._session.save(batch)
             except BaseException as exc:
-                # Keep what could not be written so a later flush retries it.
+                # Keep what could not be written, and its count, so a later flush retries it.
                 for shard_id, position in batch.items():
                     self.advance(shard_id, position)
+                self._done += done
                 if isinstance(exc, CheckpointError | anyio.get_cancelled_exc_class()):
                     raise
                 if isinstance(exc, Exception):
