@@ -5,10 +5,19 @@ from __future__ import annotations
 
 import io
 from abc import abstractmethod
-from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Iterator, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Hashable,
+    Iterable,
+    Iterator,
+    Sequence,
+)
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 from aiobotocore.session import AioSession
 
@@ -207,6 +216,11 @@ def _stream_large_body(request: Any, **_: Any) -> None:
         request.body = io.BytesIO(body)
 
 
+#: Codes that say "you may not look at this": the open-time check is skipped, since a
+#: role that may send need not be allowed to read the destination's attributes.
+NOT_ALLOWED: Final = frozenset({"AccessDenied", "AccessDeniedException", "AuthorizationError"})
+
+
 @dataclass(eq=False, repr=False, kw_only=True)
 class AwsSink(Sink):
     """A sink that talks to one AWS service through an aiobotocore client opened per run.
@@ -252,6 +266,35 @@ class AwsSink(Sink):
         destination before the first send (that it exists, its limits) overrides this and
         raises a `SinkError` that names the fix."""
         return self.writer(client)
+
+    async def check_destination(
+        self,
+        call: Awaitable[Any],
+        *,
+        service: str,
+        missing: Collection[str],
+        explain_missing: Callable[[BaseException], str],
+    ) -> Any:
+        """The answer of `call`, a look at the destination made when the sink opens, or
+        None when the sink may not look (or the look failed in passing): it then runs
+        with its defaults. A missing destination (`missing` error codes) or a setup
+        problem raises a `SinkError` that names the fix."""
+        try:
+            return await call
+        except Exception as exc:
+            code = error_code(exc)
+            if code in missing:
+                raise SinkError(explain_missing(exc)) from None
+            if code not in NOT_ALLOWED:
+                setup = configuration_error(
+                    exc,
+                    SinkError,
+                    what=f"{service} ({self.describe()})",
+                    endpoint_url=self.endpoint_url,
+                )
+                if setup is not None:
+                    raise setup from None
+            return None
 
     @abstractmethod
     def writer(self, client: Any) -> SinkWriter:

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Final, final
 import msgspec
 from aiobotocore.session import AioSession
 
-from flowstream.aws import RETRYABLE_CODES, configuration_error, error_code
+from flowstream.aws import RETRYABLE_CODES, error_code
 from flowstream.errors import DeliveryError, FlowstreamError, SinkError
 from flowstream.record import Record
 from flowstream.serialize import to_bytes
@@ -31,7 +31,7 @@ from flowstream.sinks.aws_base import (
     missing_resource,
 )
 from flowstream.sinks.base import Batch, SendResult, SinkWriter
-from flowstream.sinks.sqs import NOT_ALLOWED, send_calls, too_large
+from flowstream.sinks.sqs import send_calls, too_large
 
 __all__ = ["EventBridgeSink", "Resources", "eventbridge"]
 
@@ -71,20 +71,12 @@ class EventBridgeSink(AwsSink):
 
     async def open_writer(self, client: Any) -> SinkWriter:
         # Check that the bus exists: a clear error now, not one per shard later.
-        try:
-            await client.describe_event_bus(Name=self.bus)
-        except Exception as exc:
-            if error_code(exc) == "ResourceNotFoundException":
-                raise SinkError(_missing_bus(self, client, exc)) from None
-            if error_code(exc) not in NOT_ALLOWED:
-                setup = configuration_error(
-                    exc,
-                    SinkError,
-                    what=f"EventBridge ({self.describe()})",
-                    endpoint_url=self.endpoint_url,
-                )
-                if setup is not None:
-                    raise setup from None
+        await self.check_destination(
+            client.describe_event_bus(Name=self.bus),
+            service="EventBridge",
+            missing={"ResourceNotFoundException"},
+            explain_missing=lambda exc: _missing_bus(self, client, exc),
+        )
         return self.writer(client)
 
 

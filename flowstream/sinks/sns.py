@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Final, final
 
 from aiobotocore.session import AioSession
 
-from flowstream.aws import configuration_error, error_code
+from flowstream.aws import error_code
 from flowstream.errors import DeliveryError, FlowstreamError, SinkError
 from flowstream.record import Record
 from flowstream.sinks.aws_base import (
@@ -31,7 +31,6 @@ from flowstream.sinks.base import Batch, SendResult, SinkWriter
 from flowstream.sinks.sqs import (
     DEFAULT_MAX_BYTES,
     MAX_ENTRIES,
-    NOT_ALLOWED,
     AttributeMaker,
     Attributes,
     Encode,
@@ -83,19 +82,13 @@ class SnsSink(AwsSink):
 
     async def open_writer(self, client: Any) -> SinkWriter:
         # Check that the topic exists and read its size limit (topics may raise it).
-        try:
-            response = await client.get_topic_attributes(TopicArn=self.topic_arn)
-        except Exception as exc:
-            if error_code(exc) in _TOPIC_MISSING:
-                raise SinkError(_missing_topic(self, client, exc)) from None
-            if error_code(exc) not in NOT_ALLOWED:
-                setup = configuration_error(
-                    exc, SinkError, what=f"SNS ({self.describe()})", endpoint_url=self.endpoint_url
-                )
-                if setup is not None:
-                    raise setup from None
-            return self.writer(client)
-        limit = response.get("Attributes", {}).get("MaximumMessageSize")
+        response = await self.check_destination(
+            client.get_topic_attributes(TopicArn=self.topic_arn),
+            service="SNS",
+            missing=_TOPIC_MISSING,
+            explain_missing=lambda exc: _missing_topic(self, client, exc),
+        )
+        limit = (response or {}).get("Attributes", {}).get("MaximumMessageSize")
         return _SnsWriter(self, client, int(limit) if limit else DEFAULT_MAX_BYTES)
 
 

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 import anyio
 from aiobotocore.session import AioSession
 
-from flowstream.aws import configuration_error, error_code
+from flowstream.aws import error_code
 from flowstream.errors import DeliveryError, FlowstreamError, SinkError
 from flowstream.record import Record
 from flowstream.serialize import to_bytes
@@ -90,9 +90,6 @@ _QUEUE_HOST: Final = re.compile(
 _QUEUE_MISSING: Final = frozenset({"QueueDoesNotExist", "AWS.SimpleQueueService.NonExistentQueue"})
 # SQS's own throttling codes, which flowstream.aws does not list.
 _SQS_THROTTLED: Final = frozenset({"RequestThrottled", "KmsThrottled"})
-#: Codes that say "you may not look at this": the open-time check is skipped, since a
-#: role that may send need not be allowed to read the destination's attributes.
-NOT_ALLOWED: Final = frozenset({"AccessDenied", "AccessDeniedException", "AuthorizationError"})
 
 
 @final
@@ -120,22 +117,16 @@ class SqsSink(AwsSink):
     async def open_writer(self, client: Any) -> SinkWriter:
         # Check that the queue exists (a clear error now, not one per shard later) and
         # read its size limit.
-        try:
-            response = await client.get_queue_attributes(
+        response = await self.check_destination(
+            client.get_queue_attributes(
                 QueueUrl=self.queue_url, AttributeNames=["MaximumMessageSize"]
-            )
-        except Exception as exc:
-            if error_code(exc) in _QUEUE_MISSING:
-                raise SinkError(_missing_queue(self, client, exc)) from None
-            if error_code(exc) not in NOT_ALLOWED:
-                setup = configuration_error(
-                    exc, SinkError, what=f"SQS ({self.describe()})", endpoint_url=self.endpoint_url
-                )
-                if setup is not None:
-                    raise setup from None
-            # Not allowed to look, or a passing fault: send with the default limit.
-            return self.writer(client)
-        limit = response.get("Attributes", {}).get("MaximumMessageSize")
+            ),
+            service="SQS",
+            missing=_QUEUE_MISSING,
+            explain_missing=lambda exc: _missing_queue(self, client, exc),
+        )
+        # None (not allowed to look, or a passing fault): send with the default limit.
+        limit = (response or {}).get("Attributes", {}).get("MaximumMessageSize")
         return _SqsWriter(self, client, int(limit) if limit else DEFAULT_MAX_BYTES)
 
 
