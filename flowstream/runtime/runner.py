@@ -47,6 +47,13 @@ class _Letter:
     sink: Sink
 
 
+def _reason(too_old: bool, retryable: bool) -> Reason:
+    """Why a record that fails for good is dead-lettered."""
+    if too_old:
+        return "max_record_age"
+    return "retries_exhausted" if retryable else "not_retryable"
+
+
 @dataclass(slots=True)
 class _Stop:
     """Where delivery stopped: `record_index` is the first record not done."""
@@ -226,15 +233,15 @@ class ShardRunner:
                 stop = _Stop(0, failure.step, error)
                 await send.send(_Work(records, _EMPTY, 0, stop=stop))
                 return False
-            reason: Reason = (
-                "max_record_age"
-                if too_old
-                else "retries_exhausted"
-                if retryable
-                else "not_retryable"
-            )
             letter = _Letter(
-                0, failure.step, reason, error, attempts, first, now, policy.dead_letter
+                0,
+                failure.step,
+                _reason(too_old, retryable),
+                error,
+                attempts,
+                first,
+                now,
+                policy.dead_letter,
             )
             rest = records[1:]
             self.report.failed += 1
@@ -523,7 +530,7 @@ class _Delivery:
                         group = [k for k in group if k not in self._given_up]
                         order = [k for k in order if k not in self._given_up]
                 attempt = max((self._tries[k].alone for k in group), default=0)
-                if group and not bisecting and self._retryable(first, error) and attempt <= retries:
+                if group and not bisecting and self._retryable(error) and attempt <= retries:
                     if not await self._wait(attempt, [error], len(group), order):
                         return False
                     pending = order
@@ -547,7 +554,7 @@ class _Delivery:
                 else:
                     tries.alone += 1
                 if (
-                    self._retryable(k, failed[k])
+                    self._retryable(failed[k])
                     and tries.alone <= retries
                     and not self._too_old(k, now)
                 ):
@@ -584,7 +591,7 @@ class _Delivery:
             return failed
         return {items[j]: e for j, e in failed.items()}
 
-    def _retryable(self, k: int, error: BaseException) -> bool:
+    def _retryable(self, error: BaseException) -> bool:
         return _retryable(error) and not any(e is error for e in self._final)
 
     def _too_old(self, k: int, now: datetime) -> bool:
@@ -600,18 +607,11 @@ class _Delivery:
             self.limit = k
             self.stop = _Stop(self.origins[k], self.step, error)
             return
-        reason: Reason = (
-            "max_record_age"
-            if self._too_old(k, now)
-            else "retries_exhausted"
-            if self._retryable(k, error)
-            else "not_retryable"
-        )
         self.letters.append(
             _Letter(
                 self.origins[k],
                 self.step,
-                reason,
+                _reason(self._too_old(k, now), self._retryable(error)),
                 error,
                 tries.alone,
                 tries.first,
