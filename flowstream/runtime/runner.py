@@ -375,16 +375,20 @@ class ShardRunner:
             step = f"dead-letter sink {self.sink_reports[i].name}"
             deliveries.append(_Delivery(self, i, batch, origins, policy, step, letters_only=True))
         stop = await _run_all(deliveries)
-        for letter in by_record.values():
-            if stop is None or letter.record_index < stop.record_index:
-                self.report.dead_lettered += 1
-                logger.warning(
-                    "shard %s: record %s dead-lettered (%s at %s)",
-                    self.shard.shard_id,
-                    records[letter.record_index].sequence_number,
-                    letter.reason,
-                    letter.step,
-                )
+        sent = [x for x in by_record.values() if stop is None or x.record_index < stop.record_index]
+        if sent:
+            # One line per page, not per record: an outage can dead-letter a page at once.
+            self.report.dead_lettered += len(sent)
+            first, last = records[sent[0].record_index], records[sent[-1].record_index]
+            logger.warning(
+                "shard %s: %d record(s) dead-lettered, %s to %s (first: %s at %s)",
+                self.shard.shard_id,
+                len(sent),
+                first.sequence_number,
+                last.sequence_number,
+                sent[0].reason,
+                sent[0].step,
+            )
         return stop
 
     async def wait_to_retry(self, delay: float) -> bool:
