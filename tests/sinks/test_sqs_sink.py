@@ -18,6 +18,7 @@ import json
 import urllib.request
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ import flowstream as fs
 from flowstream.errors import DeliveryError, ShardStoppedError, SinkError
 from flowstream.record import Record
 from flowstream.sinks import Batch, SendResult
+from flowstream.sinks.base import item_key
 from flowstream.sinks.sqs import AttributeValue, default_group_id, queue_region, sqs
 from flowstream.testing import MemoryStream
 
@@ -265,6 +267,15 @@ class TestBuild:
         assert default_group_id(spaced) == default_group_id(
             stream.put(shard, "MODIFY", {"sk": 1, "pk": "a b"})
         )
+
+    def test_a_number_key_is_written_as_a_number(self) -> None:
+        # sinks.base.item_key is every sink's ordering key (FIFO group, partition key,
+        # cache key): a change of its text moves an item to another group or shard.
+        stream = MemoryStream()
+        shard = stream.add_shard()
+        record = stream.put(shard, "INSERT", {"pk": "a", "sk": Decimal("1.5")})
+        assert default_group_id(record) == '{"pk":"a","sk":1.5}'
+        assert item_key(record) == default_group_id(record)
 
 
 class TestDelivery:
