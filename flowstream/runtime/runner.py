@@ -521,7 +521,11 @@ class _Delivery:
                     # items held back before the failing run go first, in order
                     if not await self._deliver(held, bisecting=bisecting):
                         return False
-                    order = order[len(held) :]
+                    # a held item may have stopped the delivery: nothing past it is sent
+                    order = [k for k in order[len(held) :] if k < self.limit]
+                    group = [k for k in group if k < self.limit]
+                    if not group:
+                        return True
                 if not bisecting:
                     # a failed call counts against each item's retries; a call made
                     # only to find the item to blame does not
