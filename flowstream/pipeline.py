@@ -7,6 +7,7 @@ so every mistake that can be seen while building is reported there, as a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import replace
 from datetime import timedelta
@@ -436,10 +437,14 @@ class Pipeline(Generic[T]):
                 f"run(on_progress=) got {type(on_progress).__name__}, which is not callable; "
                 "pass a function that takes the RunReport"
             )
-        if not (isinstance(progress_interval, int | float) and progress_interval > 0):
+        if (
+            isinstance(progress_interval, bool)
+            or not isinstance(progress_interval, int | float)
+            or not 0 < progress_interval < math.inf
+        ):
             raise PipelineError(
-                f"run(progress_interval={progress_interval!r}) must be a positive number of "
-                "seconds, e.g. progress_interval=10"
+                f"run(progress_interval={progress_interval!r}) must be a finite positive "
+                "number of seconds, e.g. progress_interval=10"
             )
         if checkpoints is not None and self._name is None:
             raise PipelineError(

@@ -4,6 +4,7 @@ compile() and the checks run() makes before reading anything."""
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from typing import Any, assert_type
@@ -678,3 +679,13 @@ def len_of_keys(record: fs.Record) -> int:
 
 async def async_parts(record: fs.Record) -> Iterator[int]:
     return iter([len(record.keys)])
+
+
+@pytest.mark.parametrize("interval", [0, -1, math.inf, math.nan, True, "10"])
+async def test_run_refuses_a_progress_interval_that_is_not_seconds(interval: object) -> None:
+    with pytest.raises(fs.PipelineError, match=r"run\(progress_interval=.*finite positive"):
+        await (
+            fs.Pipeline(users())
+            .to(sinks.collect())
+            .run(drain=True, on_progress=lambda report: None, progress_interval=interval)  # type: ignore[arg-type]
+        )
