@@ -7,11 +7,11 @@ from typing import Any
 
 import msgspec
 import pytest
+from test_attrvalue import assert_same, exact
 
 from flowstream import attrvalue
 from flowstream.errors import AttributeValueError
 from flowstream.record import decode_records
-from tests.test_attrvalue import assert_same, exact
 
 
 @pytest.mark.parametrize(
