@@ -48,6 +48,7 @@ def _type_name(cls: type) -> str:
 
 _ENCODER: Final = msgspec.json.Encoder(enc_hook=_enc_hook, decimal_format="number")
 _CHECKER: Final = msgspec.json.Decoder()
+_STRING_DECIMALS: Final = msgspec.json.Encoder(enc_hook=_enc_hook, decimal_format="string")
 
 
 def to_bytes(value: Any) -> bytes:
@@ -71,17 +72,33 @@ def to_bytes(value: Any) -> bytes:
         where = "" if exc.type_name == outer else f" (it holds a {exc.type_name})"
         raise SerializationError(f"cannot serialise a {outer} value{where}; {_HELP}") from None
     except (TypeError, ValueError, OverflowError) as exc:
+        # msgspec >= 0.19 refuses a non-finite Decimal; then the same value encodes with
+        # Decimals as strings
+        if _encodes_with_string_decimals(value):
+            raise _non_finite(value) from None
         raise SerializationError(
             f"cannot serialise a {_type_name(type(value))} value: {exc}; {_HELP}"
         ) from None
-    # msgspec writes a non-finite Decimal as the bare word NaN or Infinity, which is not
-    # JSON; only then is the output parsed back to find out.
+    # older msgspec writes a non-finite Decimal as the bare word NaN or Infinity, which
+    # is not JSON; only then is the output parsed back to find out.
     if (b"NaN" in data or b"Infinity" in data) and not _is_json(data):
-        raise SerializationError(
-            f"cannot serialise a {_type_name(type(value))} value: it holds a Decimal NaN or "
-            "Infinity, which JSON cannot carry; replace it with None or a string first"
-        )
+        raise _non_finite(value)
     return data
+
+
+def _non_finite(value: Any) -> SerializationError:
+    return SerializationError(
+        f"cannot serialise a {_type_name(type(value))} value: it is or holds a Decimal NaN "
+        "or Infinity, which JSON cannot carry; replace it with None or a string first"
+    )
+
+
+def _encodes_with_string_decimals(value: Any) -> bool:
+    try:
+        _STRING_DECIMALS.encode(value)
+    except Exception:
+        return False
+    return True
 
 
 def _is_json(data: bytes) -> bool:
