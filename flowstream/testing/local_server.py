@@ -29,7 +29,7 @@ from flowstream.testing.memory_stream import MemoryStream, _ShardData
 __all__ = ["FaultKind", "LocalStreamsServer", "Operation"]
 
 FaultKind: TypeAlias = Literal[
-    "expired_iterator", "trimmed", "throttle", "internal_error", "latency"
+    "expired_iterator", "trimmed", "throttle", "internal_error", "latency", "empty_page"
 ]
 Operation: TypeAlias = Literal[
     "ListStreams", "DescribeStream", "GetShardIterator", "GetRecords", "DescribeTable"
@@ -52,6 +52,7 @@ _FAULT_OPERATIONS: Final[Mapping[str, frozenset[str] | None]] = {
     "throttle": None,
     "internal_error": None,
     "latency": None,
+    "empty_page": frozenset({"GetRecords"}),
 }
 _FAULT_ERRORS: Final[Mapping[str, tuple[str, str, int]]] = {
     "expired_iterator": ("ExpiredIteratorException", "Iterator expired", 400),
@@ -302,8 +303,10 @@ class LocalStreamsServer:
         applies to when None) and, if `shard_id` is given, it is about that shard (for
         GetRecords: the iterator's shard). Kinds: ``"expired_iterator"`` (GetRecords),
         ``"trimmed"`` (GetRecords, GetShardIterator), ``"throttle"``
-        (LimitExceededException), ``"internal_error"`` (HTTP 500), ``"latency"``. Any
-        fault waits `delay` seconds before it answers."""
+        (LimitExceededException), ``"internal_error"`` (HTTP 500), ``"latency"``,
+        ``"empty_page"`` (GetRecords answers no records and an iterator at the same place,
+        as DynamoDB may while records lie behind it). Any fault waits `delay` seconds
+        before it answers."""
         if kind not in _FAULT_OPERATIONS:
             raise ValueError(
                 f"inject({kind!r}): unknown fault; use one of {', '.join(_FAULT_OPERATIONS)}"
@@ -335,7 +338,10 @@ class LocalStreamsServer:
         it answers ResourceNotFoundException and ListStreams no longer lists it."""
         self._deleted = True
 
-    async def _fire_faults(self, operation: str, shard_id: str | None) -> None:
+    async def _fire_faults(self, operation: str, shard_id: str | None) -> bool:
+        """Fire the faults that match a call: wait, or raise the error. Returns True
+        when the call is to answer an empty page."""
+        empty = False
         for fault in list(self._faults):
             if not fault.matches(operation, shard_id):
                 continue
@@ -346,8 +352,11 @@ class LocalStreamsServer:
                     self._faults.remove(fault)
             if fault.delay:
                 await anyio.sleep(fault.delay)
-            if fault.kind != "latency":
+            if fault.kind == "empty_page":
+                empty = True
+            elif fault.kind != "latency":
                 raise _ApiError(*_FAULT_ERRORS[fault.kind])
+        return empty
 
     # -- HTTP ---------------------------------------------------------------------------
 
@@ -472,7 +481,7 @@ class LocalStreamsServer:
         limit = _optional_int(params, "Limit", _MAX_PAGE_RECORDS) or _MAX_PAGE_RECORDS
         shard_id, index, issued = self._parse_iterator(token)
         self.calls["GetRecords", shard_id] += 1
-        await self._fire_faults("GetRecords", shard_id)
+        empty = await self._fire_faults("GetRecords", shard_id)
         self._check_stream(self.stream.stream_arn)
         shard = self.stream._shards.get(shard_id)
         if shard is None or index > len(shard.records):
@@ -482,7 +491,7 @@ class LocalStreamsServer:
             raise _ApiError(*_FAULT_ERRORS["expired_iterator"][:2])
         if index < shard.trimmed:
             raise _ApiError(*_FAULT_ERRORS["trimmed"][:2])
-        parts = self._encoded_page(shard, index, limit)
+        parts = [] if empty else self._encoded_page(shard, index, limit)
         end = index + len(parts)
         body = b'{"Records":[' + b",".join(parts) + b"]"
         if not (shard.closed and end >= len(shard.records)):

@@ -8,6 +8,7 @@ in the real service, so lineage can be tested without AWS.
 from __future__ import annotations
 
 import itertools
+import time
 from bisect import bisect_left, bisect_right
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -35,7 +36,6 @@ from flowstream.sources.base import (
 __all__ = ["MemoryStream"]
 
 _FIRST_SEQUENCE: Final = 10**20  # 21 digits, like DynamoDB's shortest
-_BASE_TIME: Final = 1_700_000_000.0
 _ENCODER: Final = msgspec.json.Encoder()
 
 
@@ -171,9 +171,10 @@ class MemoryStream(Source):
         created_at: datetime | None = None,
     ) -> Record:
         """Append a change to an open shard and return the record as readers see it.
-        Images are Python values (encoded as DynamoDB would). Records are stamped a
-        second apart from November 2023 unless `created_at` (an aware datetime) says
-        when the change happened (to test `max_record_age`, for example)."""
+        Images are Python values (encoded as DynamoDB would). Like DynamoDB, the record
+        is stamped with the time of the change rounded down to the second, unless
+        `created_at` (an aware datetime) says when it happened (to test
+        `max_record_age`, for example)."""
         shard = self._shard(shard_id)
         if shard.closed:
             raise SourceError(
@@ -181,7 +182,7 @@ class MemoryStream(Source):
             )
         sequence = next(self._sequence)
         dynamodb: dict[str, Any] = {
-            "ApproximateCreationDateTime": _BASE_TIME + (sequence - _FIRST_SEQUENCE)
+            "ApproximateCreationDateTime": float(int(time.time()))
             if created_at is None
             else created_at.timestamp(),
             "Keys": attrvalue.encode(keys, path="Keys"),

@@ -378,7 +378,14 @@ class TestGetShardIterator:
         self, stream: MemoryStream, server: LocalStreamsServer, client: Any
     ) -> None:
         shard_id = stream.add_shard()
-        records = put_n(stream, shard_id, 5)
+        hour_ago = datetime.now(UTC) - timedelta(hours=1)
+        # a second apart (puts in one second share their time, as in DynamoDB)
+        records = [
+            stream.put(
+                shard_id, "INSERT", {"pk": str(i)}, created_at=hour_ago + timedelta(seconds=i)
+            )
+            for i in range(5)
+        ]
         stream.close(shard_id)
         when = records[2].approximate_creation_time
         shard_iterator = await iterator(client, server, shard_id, "AT_TIMESTAMP", Timestamp=when)
