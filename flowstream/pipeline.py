@@ -420,11 +420,12 @@ class Pipeline(Generic[T]):
     ) -> RunReport:
         """Run the pipeline: one task per readable shard, children after parents.
 
-        `drain=True` returns once every readable shard has been read to its current end
-        and everything read is acknowledged; otherwise the run goes on until cancelled
-        (or, with `handle_signals=True`, until SIGTERM/SIGINT, or until `stop` is set;
-        these two return the report). Stopping stops polling, gives in-flight batches
-        `grace_period` seconds to finish, and writes checkpoints.
+        `drain=True` processes what was in the stream when the run started and returns
+        once it is acknowledged (a shard stops at its end, at its first record created
+        after the start, or when nothing more is there; docs/running.md); otherwise the
+        run goes on until cancelled (or, with `handle_signals=True`, until SIGTERM/SIGINT,
+        or until `stop` is set; these two return the report). Stopping stops polling,
+        gives in-flight batches `grace_period` seconds to finish, and writes checkpoints.
         Without `checkpoints`, progress is kept in memory for this run only.
         `on_progress(report)` (sync or async) is called every `progress_interval` seconds
         with the live report, e.g. to export metrics; what it raises is logged, not fatal.

@@ -15,7 +15,7 @@ class ShardState(enum.StrEnum):
 
     PENDING = "pending"  # waiting for its parents to be read to their end
     RUNNING = "running"
-    CAUGHT_UP = "caught_up"  # drained: read to its current end, everything acknowledged
+    CAUGHT_UP = "caught_up"  # drained: read to the drain's cut, everything acknowledged
     ENDED = "ended"  # closed and read to its end; SHARD_END is checkpointed
     STOPPED = "stopped"  # stopped at a record that kept failing (see error, stopped_at)
     SKIPPED = "skipped"  # not read: ended before the run, or closed when starting at LATEST

@@ -175,7 +175,7 @@ class _Engine:
 
     async def _main(self) -> None:
         report = self.report
-        report.started = datetime.now(UTC)
+        report.started = started = datetime.now(UTC)
         async with AsyncExitStack() as stack:
             with self._setup:
                 session = await stack.enter_async_context(self.source.open())
@@ -205,7 +205,7 @@ class _Engine:
                 checkpointer,
                 positions,
                 start=self.source.start,
-                drain=self.drain,
+                drain_cut=started if self.drain else None,
             )
             self._scheduler = scheduler
             async with anyio.create_task_group() as tg:

@@ -94,13 +94,19 @@ class ShardRunner:
     sink_reports: list[SinkReport]
     report: ShardReport
     checkpointer: Checkpointer
-    drain: bool
+    #: When draining, the time the run started: the first record created after it ends
+    #: the shard's drain (it is not processed by this run). None: not draining.
+    drain_cut: datetime | None
     pipeline: str = ""
     stream: str = ""
     _polling: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     _stopping: bool = False
     # Made by the first wait to retry: an idle shard (most of 1,000) never needs one.
     _stop_requested: anyio.Event | None = None
+
+    @property
+    def drain(self) -> bool:
+        return self.drain_cut is not None
 
     def stop(self) -> None:
         """Stop polling; the page being delivered finishes, later ones are left for the
@@ -128,6 +134,8 @@ class ShardRunner:
         with send, self._polling:
             while True:
                 page = await self.reader.read()
+                if self.drain_cut is not None:
+                    page = _before_cut(page, self.drain_cut)
                 self.report.read += len(page.records)
                 if page.note:
                     self.report.notes.append(page.note)
@@ -723,3 +731,19 @@ def _retry_delay(backoff: float, errors: Iterable[BaseException]) -> float:
     asked = [getattr(e, "retry_after", None) for e in errors]
     waits = [float(a) for a in asked if isinstance(a, int | float) and a > 0]
     return max([backoff, *(min(w, _MAX_RETRY_AFTER) for w in waits)])
+
+
+def _before_cut(page: Page, cut: datetime) -> Page:
+    """The page up to its first record created after `cut` (the run's start), and then
+    caught up: a drain reads what was in the stream when the run started. Creation times
+    rise with sequence numbers, so a page whose last record is not newer has none."""
+    records = page.records
+    if not records or not _newer(records[-1], cut):
+        return page
+    first = next(i for i, record in enumerate(records) if _newer(record, cut))
+    return Page(records[:first], caught_up=True, note=page.note)
+
+
+def _newer(record: Record, cut: datetime) -> bool:
+    created = record.approximate_creation_time
+    return created is not None and created > cut

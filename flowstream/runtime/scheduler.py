@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from datetime import datetime
 
 import anyio
 from anyio.abc import TaskGroup
@@ -53,7 +54,7 @@ class Scheduler:
         positions: dict[str, str],
         *,
         start: Position,
-        drain: bool,
+        drain_cut: datetime | None,
     ) -> None:
         self._session = session
         self._plan = plan
@@ -63,7 +64,8 @@ class Scheduler:
         self._checkpointer = checkpointer
         self._positions = positions
         self._start = start
-        self._drain = drain
+        self._drain_cut = drain_cut
+        self._drain = drain_cut is not None
         self._known: dict[str, Shard] = {}
         # Start positions of shards first seen on the initial discovery (None: skipped).
         self._start_positions: dict[str, Position | None] = {}
@@ -229,7 +231,7 @@ class Scheduler:
             self._sink_reports,
             stats,
             self._checkpointer,
-            self._drain,
+            self._drain_cut,
             pipeline=self._report.pipeline,
             stream=self._report.stream,
         )

@@ -72,6 +72,8 @@ _RAW_BODY: Final = "_flowstream_raw_body"
 _STREAMS: Final = "DynamoDB Streams"
 _OPENING_ATTEMPTS: Final = 5
 _SHARDS_PER_DESCRIBE: Final = 100  # DescribeStream's largest Limit
+#: Empty pages in a row that count as read to the shard's current end.
+_EMPTY_PAGES_CAUGHT_UP: Final = 2
 
 
 def _keep_raw_body(
@@ -384,6 +386,7 @@ class _DynamoDBReader(ShardReader):
         self._next_poll = 0.0
         self._polled_at = 0.0  # when the last GetRecords was sent
         self._idle_wait = 0.0  # the last wait after an empty page; 0 after records
+        self._empty_pages = 0  # empty pages in a row
 
     async def read(self) -> Page:
         now = anyio.current_time()
@@ -448,10 +451,16 @@ class _DynamoDBReader(ShardReader):
         if records:
             self._last_read = records[-1].sequence_number
             self._idle_wait = 0.0
-        elif not ended:
-            # Counted from when the last poll was sent: a shard is polled once per interval.
-            self._next_poll = max(self._next_poll, self._polled_at + self._next_idle_wait())
-        return Page(records, caught_up=not records or ended, ended=ended, note=note)
+            self._empty_pages = 0
+        else:
+            self._empty_pages += 1
+            if not ended:
+                # Counted from when the last poll was sent: one poll per interval.
+                self._next_poll = max(self._next_poll, self._polled_at + self._next_idle_wait())
+        # DynamoDB may answer an empty page with records behind it (aws-cli issue 4893):
+        # only a second empty page in a row is taken as caught up (docs/running.md).
+        caught_up = ended or self._empty_pages >= _EMPTY_PAGES_CAUGHT_UP
+        return Page(records, caught_up=caught_up, ended=ended, note=note)
 
     def _next_idle_wait(self) -> float:
         """The wait after one more empty page: twice the last (from the poll gap), up to

@@ -12,6 +12,8 @@ missing item writes nothing.
 
 from __future__ import annotations
 
+import functools
+import threading
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -23,6 +25,7 @@ import msgspec
 import pytest
 from boto3.dynamodb.types import Binary, TypeDeserializer, TypeSerializer
 from moto_server import closed_port
+from support import wait_until
 
 import flowstream as fs
 from flowstream import checkpoints, sinks, sources
@@ -392,6 +395,44 @@ class TestCheckpoints:
         )
         assert third == []
         assert report.read == 0
+
+
+class TestDrain:
+    async def test_returns_on_a_busy_table_with_everything_present_at_its_start(
+        self, aws: Aws, moto_url: str
+    ) -> None:
+        """A writer adds an item every 3 ms; the drain processes the records there when
+        it started, in order, and leaves the rest (docs/running.md, "Where a drain
+        stops")."""
+        aws.create_table("Users")
+        stop = threading.Event()
+        written: list[int] = []
+
+        def write() -> None:
+            client = Aws(moto_url).dynamodb
+            n = 0
+            while not stop.wait(0.003):
+                client.put_item(
+                    TableName="Users", Item={"pk": {"S": f"user#{n}"}, "sk": {"N": "0"}}
+                )
+                written.append(n)
+                n += 1
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(functools.partial(anyio.to_thread.run_sync, write))
+            try:
+                await wait_until(lambda: len(written) >= 50)
+                present = len(written)
+                got, report = await read_all(source("Users", endpoint_url=moto_url))
+                await wait_until(lambda: len(written) > len(got))
+            finally:
+                stop.set()
+        keys = [r.keys["pk"] for r in got]
+        assert keys == [f"user#{n}" for n in range(len(keys))]  # in order, from the first
+        assert len(keys) >= present
+        assert report.started is not None
+        assert all((r.approximate_creation_time or report.started) <= report.started for r in got)
+        assert report.stop_reason == "drained"
 
 
 class TestMotoQuirks:
