@@ -728,9 +728,16 @@ def _encode_set(value: Any, as_bytes: bool) -> dict[str, Any]:
         kinds.setdefault(_set_kind(item), item)
     if len(kinds) != 1 or not set(kinds) <= {"SS", "NS", "BS"}:
         found = ", ".join(f"{_type_name(example)} {_short(example)}" for example in kinds.values())
+        # a set of one other type that converts to bytes (boto3's Binary) is not mixed
+        (example, *more) = kinds.values()
+        fix = (
+            "use a list for mixed or other values"
+            if more or not _converts_to_bytes(example)
+            else "convert each to bytes first: bytes(value)"
+        )
         raise _Failure(
             f"a set must hold only str (SS), only numbers (NS) or only bytes (BS), but this "
-            f"one holds {found}; use a list for mixed or other values"
+            f"one holds {found}; {fix}"
         )
     (kind,) = kinds
     # Sorted so that the output does not depend on hash order; deduplicated after
@@ -765,9 +772,17 @@ def _encode_other(value: Any, as_bytes: bool) -> dict[str, Any]:
         return _encode_set(value, as_bytes)
     raise _Failure(
         f"cannot encode a value of type {_type_name(value)}; DynamoDB JSON holds str, int, float, "
-        "Decimal, bool, None, bytes, dict, list, tuple, set and frozenset: convert it first "
-        "(e.g. a datetime to an ISO 8601 str)"
+        "Decimal, bool, None, bytes, dict, list, tuple, set and frozenset: "
+        + (
+            "convert it to bytes first: bytes(value)"
+            if _converts_to_bytes(value)
+            else "convert it first (e.g. a datetime to an ISO 8601 str)"
+        )
     )
+
+
+def _converts_to_bytes(value: object) -> bool:
+    return hasattr(type(value), "__bytes__")  # boto3's Binary, among others
 
 
 _ENCODERS: Final[dict[type, Callable[[Any, bool], dict[str, Any]]]] = {

@@ -303,7 +303,12 @@ class _Page(msgspec.Struct, gc=False):
 
 
 _PAGE_DECODER: Final = msgspec.json.Decoder(_Page)
-_ENCODER: Final = msgspec.json.Encoder()
+#: decode_records() also takes a list of records as JSON text.
+_RECORDS_DECODER: Final = msgspec.json.Decoder(_Page | list[Record])
+#: Decimals as JSON numbers: an event parsed with json.loads(parse_float=Decimal) keeps
+#: its creation times numbers.
+_ENCODER: Final = msgspec.json.Encoder(decimal_format="number")
+_BOM: Final = b"\xef\xbb\xbf"
 
 
 #: An image's attributes, each left as its JSON text: one can be decoded alone.
@@ -330,14 +335,44 @@ def decode_page(body: bytes | bytearray | memoryview | str) -> tuple[list[Record
     """Decode a GetRecords response body into its records and ``NextShardIterator``."""
     try:
         page = _PAGE_DECODER.decode(body)
-    except msgspec.ValidationError as exc:
-        raise RecordDecodeError(
-            f"body is not a DynamoDB Streams GetRecords response or Lambda event: {exc}; "
-            "pass the raw response body or the event dict with its 'Records' list"
-        ) from None
     except msgspec.DecodeError as exc:
-        raise RecordDecodeError(f"body is not valid JSON: {exc}") from None
+        raise _body_error(exc, body) from None
     return page.Records, page.NextShardIterator
+
+
+def _body_error(exc: msgspec.DecodeError, body: bytes | bytearray | memoryview | str) -> Exception:
+    if not isinstance(exc, msgspec.ValidationError):
+        return RecordDecodeError(f"body is not valid JSON: {exc}")
+    if "ApproximateCreationDateTime" in str(exc):
+        bad = _bad_creation_time(body)
+        if bad is not None:
+            return bad
+    return RecordDecodeError(
+        f"body is not a DynamoDB Streams GetRecords response or Lambda event: {exc}; "
+        "pass the raw response body or the event dict with its 'Records' list"
+    )
+
+
+def _bad_creation_time(body: bytes | bytearray | memoryview | str) -> RecordDecodeError | None:
+    """The error for the first record whose creation time is neither a number nor a
+    date-time string (found again in the plain JSON: an error path, not a hot one)."""
+    parsed = msgspec.json.decode(body)
+    records = parsed.get("Records") if isinstance(parsed, dict) else parsed
+    for i, record in enumerate(records if isinstance(records, list) else []):
+        dynamodb = record.get("dynamodb") if isinstance(record, dict) else None
+        value = dynamodb.get("ApproximateCreationDateTime") if isinstance(dynamodb, dict) else None
+        if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
+            continue
+        try:
+            msgspec.convert(value, datetime)
+        except msgspec.ValidationError:
+            shown = attrvalue._short(value)
+            return RecordDecodeError(
+                f"Records[{i}].dynamodb.ApproximateCreationDateTime is {shown}; it "
+                "must be a number of seconds since the epoch, as GetRecords and Lambda send it (or "
+                "an RFC 3339 date-time string, as botocore's parsed responses hold)"
+            )
+    return None
 
 
 def decode_records(
@@ -347,18 +382,24 @@ def decode_records(
 ) -> list[Record]:
     """Decode DynamoDB Streams records, fast, with images left lazy.
 
-    `body` is a GetRecords response body or a Lambda event (``{"Records": [...]}``), as
-    bytes, str or parsed JSON (botocore's parsed response works too), or a list of
-    record objects. `shard_id` is stamped on every record (neither shape carries it).
+    `body` is a GetRecords response body or a Lambda event (``{"Records": [...]}``), or
+    a list of records, each as bytes or str (a UTF-8 byte order mark is skipped) or as
+    parsed JSON (botocore's parsed response, and ``json.loads(parse_float=Decimal)``,
+    work too). `shard_id` is stamped on every record (neither shape carries it).
     """
-    if isinstance(body, bytes | bytearray | memoryview | str):
-        records, _ = decode_page(body)
+    if isinstance(body, str):
+        text: bytes | bytearray | memoryview | str = body.removeprefix("\ufeff")
+    elif isinstance(body, bytes | bytearray | memoryview):
+        text = body[3:] if body[:3] == _BOM else body
     else:
-        if not isinstance(body, Mapping):
-            body = {"Records": list(body)}
         # Parsed JSON goes back through the one fast decoder; datetimes and bytes that
         # botocore produced encode to forms the decoder reads.
-        records, _ = decode_page(_ENCODER.encode(body))
+        text = _ENCODER.encode(body if isinstance(body, Mapping) else list(body))
+    try:
+        decoded = _RECORDS_DECODER.decode(text)
+    except msgspec.DecodeError as exc:
+        raise _body_error(exc, text) from None
+    records = decoded if isinstance(decoded, list) else decoded.Records
     if shard_id:
         for record in records:
             msgspec.structs.force_setattr(record, "shard_id", shard_id)

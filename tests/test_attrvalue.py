@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 import pytest
+from boto3.dynamodb.types import Binary
 
 from flowstream import attrvalue
 from flowstream.attrvalue import decode, decode_value, encode, encode_value
@@ -641,7 +642,19 @@ class TestEncodeValue:
             pytest.param(
                 {1, "a"}, ("only str (SS), only numbers (NS)", "int 1", "str 'a'"), id="mixed-set"
             ),
-            pytest.param({b"a", "a"}, ("only str (SS)",), id="mixed-bytes-str-set"),
+            pytest.param(
+                {b"a", "a"}, ("only str (SS)", "use a list for mixed"), id="mixed-bytes-str-set"
+            ),
+            pytest.param(
+                {Binary(b"a"), Binary(b"b")},
+                ("only bytes (BS)", "boto3.dynamodb.types.Binary", "convert each to bytes first"),
+                id="boto3-binary-set",
+            ),
+            pytest.param(
+                Binary(b"a"),
+                ("type boto3.dynamodb.types.Binary", "convert it to bytes first: bytes(value)"),
+                id="boto3-binary",
+            ),
             pytest.param({True}, ("only str (SS)", "bool True"), id="bool-set"),
             pytest.param({None}, ("only str (SS)", "NoneType"), id="none-set"),
             pytest.param({(1, 2)}, ("only str (SS)", "tuple"), id="tuple-set"),

@@ -10,10 +10,12 @@ import pickle
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, ClassVar
 
 import msgspec
 import pytest
+from boto3.dynamodb.types import Binary, TypeDeserializer
 
 import flowstream as fs
 from flowstream.errors import AttributeValueError, FlowstreamError, RecordDecodeError
@@ -22,6 +24,7 @@ from flowstream.record import EventName, Record, StreamViewType, decode_page, de
 SHARD = "shardId-00000001700000000000-0a1b2c3d"
 STREAM_ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/Users/stream/2024-01-01T00:00:00.000"
 ITERATOR = "arn:aws:dynamodb:us-east-1:123456789012:table/Users/stream/2024|1|AAAAAAAAAbcd=="
+_DESERIALIZER = TypeDeserializer()
 T_1_7E9 = datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)  # 1.7E9 seconds after the epoch
 
 # A GetRecords response body, byte for byte in the shape DynamoDB Streams sends it.
@@ -141,7 +144,11 @@ BODY_FORMS: dict[str, BodyForm] = {
     "bytearray": bytearray,
     "memoryview": memoryview,
     "parsed-dict": json.loads,
+    "parsed-with-decimals": lambda body: json.loads(body, parse_float=Decimal, parse_int=Decimal),
     "records-list": lambda body: json.loads(body)["Records"],
+    "records-list-text": lambda body: json.dumps(json.loads(body)["Records"]),
+    "bytes-with-bom": lambda body: b"\xef\xbb\xbf" + body,  # as .NET tools write files
+    "str-with-bom": lambda body: "\ufeff" + body.decode(),  # such a file read as utf-8
 }
 GET_RECORDS_FORMS: dict[str, BodyForm] = {**BODY_FORMS, "botocore-dict": botocore_style}
 
@@ -236,7 +243,7 @@ class TestGetRecordsBody:
 
 class TestLambdaEvent:
     LAMBDA_FORMS: ClassVar[dict[str, BodyForm]] = {
-        k: BODY_FORMS[k] for k in ("bytes", "str", "parsed-dict", "records-list")
+        k: BODY_FORMS[k] for k in BODY_FORMS if k not in ("bytearray", "memoryview")
     }
 
     @pytest.mark.parametrize("form", LAMBDA_FORMS, ids=list(LAMBDA_FORMS))
@@ -265,6 +272,78 @@ class TestLambdaEvent:
         records, next_iterator = decode_page(LAMBDA_EVENT)
         assert len(records) == 2
         assert next_iterator is None
+
+
+EVENTS = Path(__file__).parent / "events"
+
+
+class TestThirdPartyEvents:
+    """Event files other tools ship (tests/events/README.md), in every form a user may
+    hold them: as read from disk, as text, parsed, parsed with Decimals."""
+
+    FORMS: ClassVar[dict[str, Callable[[bytes], Any]]] = {
+        "file-bytes": lambda raw: raw,
+        "read-as-utf-8": lambda raw: raw.decode("utf-8"),
+        "read-as-utf-8-sig": lambda raw: raw.decode("utf-8-sig"),
+        "json.load": lambda raw: json.loads(raw),
+        "json.load-parse-float-decimal": lambda raw: json.loads(raw, parse_float=Decimal),
+        "records-list": lambda raw: json.loads(raw)["Records"],
+        "records-list-text": lambda raw: json.dumps(json.loads(raw)["Records"]),
+    }
+
+    @pytest.mark.parametrize("form", FORMS)
+    @pytest.mark.parametrize("name", sorted(p.name for p in EVENTS.glob("*.json")))
+    def test_decodes_in_every_form(self, name: str, form: str) -> None:
+        raw = (EVENTS / name).read_bytes()
+        wire = json.loads(raw)["Records"]
+        records = decode_records(self.FORMS[form](raw))
+        assert len(records) == len(wire)
+        for record, expected in zip(records, wire, strict=True):
+            data = expected["dynamodb"]
+            assert record.event_name == expected["eventName"]
+            assert record.sequence_number == data["SequenceNumber"]
+            created = data.get("ApproximateCreationDateTime")
+            if created is None:
+                assert record.approximate_creation_time is None
+            else:
+                seconds = created / 1000 if created > 1e11 else created  # .NET's milliseconds
+                assert record.approximate_creation_time == datetime.fromtimestamp(seconds, UTC)
+            assert record.keys == image(data["Keys"])
+            assert record.new_image == image(data.get("NewImage"))
+            assert record.old_image == image(data.get("OldImage"))
+
+
+def image(wire: dict[str, Any] | None) -> dict[str, Any] | None:
+    """An image as boto3's TypeDeserializer gives it, with its Binary unwrapped."""
+    if wire is None:
+        return None
+    return {name: _plain(_DESERIALIZER.deserialize(_parsed(value))) for name, value in wire.items()}
+
+
+def _parsed(value: dict[str, Any]) -> dict[str, Any]:
+    """An attribute value as botocore parses it: binary base64-decoded."""
+    ((tag, inner),) = value.items()
+    if tag == "B":
+        return {"B": base64.b64decode(inner)}
+    if tag == "BS":
+        return {"BS": [base64.b64decode(item) for item in inner]}
+    if tag == "M":
+        return {"M": {k: _parsed(v) for k, v in inner.items()}}
+    if tag == "L":
+        return {"L": [_parsed(v) for v in inner]}
+    return value
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Binary):
+        return bytes(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, set):
+        return {_plain(v) for v in value}
+    return value
 
 
 class TestEventName:
@@ -635,7 +714,11 @@ class TestBadBodies:
             pytest.param(b"{}", r"missing required field `Records`", id="no-records"),
             pytest.param(b'{"records":[]}', r"missing required field `Records`", id="lower-case"),
             pytest.param(b'{"Records":{}}', r"Expected `array`", id="records-not-list"),
-            pytest.param(b"[]", r"Expected `object`", id="list-body"),
+            pytest.param(
+                b"[1]",
+                r"body is not a DynamoDB Streams GetRecords response or Lambda event",
+                id="list-of-non-records",
+            ),
             pytest.param(
                 '{"Records":[' + record_json(event_name="UPDATE") + "]}",
                 r"Invalid enum value 'UPDATE' - at `\$\.Records\[0\]\.eventName`",
@@ -662,6 +745,26 @@ class TestBadBodies:
     def test_shape_errors_say_what_to_pass(self) -> None:
         with pytest.raises(RecordDecodeError, match=r"GetRecords response or Lambda event"):
             decode_records({"Items": []})
+
+    @pytest.mark.parametrize(
+        ("value", "shown"),
+        [
+            pytest.param('"yesterday"', "'yesterday'", id="word"),
+            pytest.param('"1700000000"', "'1700000000'", id="number-as-string"),
+            pytest.param("true", "True", id="bool"),
+            pytest.param("[1]", "[1]", id="list"),
+        ],
+    )
+    def test_a_creation_time_that_is_not_a_time_names_both_forms(
+        self, value: str, shown: str
+    ) -> None:
+        good, bad = record_json(), record_json(creation=value)
+        with pytest.raises(RecordDecodeError) as info:
+            decode_records(f'{{"Records":[{good},{bad}]}}')
+        message = str(info.value)
+        assert message.startswith(f"Records[1].dynamodb.ApproximateCreationDateTime is {shown}; ")
+        assert "a number of seconds since the epoch" in message
+        assert "RFC 3339 date-time string" in message
 
     def test_a_single_record_dict_is_not_a_body(self) -> None:
         record = json.loads(record_json())
