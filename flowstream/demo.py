@@ -295,7 +295,7 @@ async def run_demo(
         purged = sinks.collect("purge-queue")
         evicted = sinks.collect("evictions")
         tally = _Tally()
-        counter: Sink = sinks.callback(tally.delivered)
+        counter: Sink = sinks.callback(tally.delivered, name="tally")
         pipeline = build_pipeline(
             source, out=out, purge=[purged, counter], evict=[evicted, counter]
         )

@@ -15,17 +15,9 @@ from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, final, overlo
 
 import anyio
 
+from flowstream.callables import callable_name, is_async_callable
 from flowstream.errors import PipelineError
-from flowstream.plan import (
-    Filter,
-    FlatMap,
-    Map,
-    Plan,
-    Route,
-    Step,
-    callable_name,
-    is_async_callable,
-)
+from flowstream.plan import Filter, FlatMap, Map, Plan, Route, Step
 from flowstream.policy import FailurePolicy
 from flowstream.record import EventName, Record
 from flowstream.sinks.base import Sink

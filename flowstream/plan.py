@@ -10,43 +10,18 @@ is kept by never delivering past a failure).
 
 from __future__ import annotations
 
-import functools
-import inspect
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import CoroutineType
 from typing import Any
 
+from flowstream.callables import callable_name
 from flowstream.policy import FailurePolicy
 from flowstream.record import EventName, Record
 from flowstream.sinks.base import Sink
 
 __all__ = ["Filter", "FlatMap", "Map", "Plan", "Processed", "Route", "Step", "StepFailure"]
-
-
-def is_async_callable(fn: Callable[..., Any]) -> bool:
-    """True for `async def` functions, async callable objects and partials of either.
-
-    A sync function that returns a coroutine (``lambda r: check(r)`` with an async
-    `check`) is not one, so the steps await a coroutine a sync function returns."""
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    if inspect.iscoroutinefunction(fn):
-        return True
-    call = getattr(fn, "__call__", None)  # noqa: B004 - looking for an async __call__
-    return call is not None and inspect.iscoroutinefunction(call)
-
-
-def callable_name(fn: Callable[..., Any]) -> str:
-    """A function's name for plans and errors: ``Class.method``, ``check`` for a function
-    nested in another (not ``outer.<locals>.check``), the class of a callable object."""
-    if isinstance(fn, functools.partial):
-        return f"partial({callable_name(fn.func)})"
-    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
-    if not isinstance(name, str):
-        return type(fn).__name__
-    return name.rpartition("<locals>.")[2]
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from datetime import datetime
+from datetime import UTC, datetime
 
 import msgspec
 
@@ -19,7 +19,10 @@ class ShardState(enum.StrEnum):
     ENDED = "ended"  # closed and read to its end; SHARD_END is checkpointed
     STOPPED = "stopped"  # stopped at a record that kept failing (see error, stopped_at)
     SKIPPED = "skipped"  # not read: ended before the run, or closed when starting at LATEST
-    INTERRUPTED = "interrupted"  # the run stopped while reading it; resumes from its checkpoint
+    PAUSED = "paused"  # the run was stopped; what it delivered is checkpointed, and the
+    #                    next run resumes there
+    INTERRUPTED = "interrupted"  # delivery was abandoned (at the end of the grace period, or
+    #                              by a fatal error); resumes from its checkpoint
 
 
 class ShardReport(msgspec.Struct):
@@ -91,21 +94,24 @@ class RunReport(msgspec.Struct):
 
     @property
     def duration(self) -> float:
-        if self.started is None or self.finished is None:
+        """Seconds from the start to the end of the run, or to now while it runs."""
+        if self.started is None:
             return 0.0
-        return (self.finished - self.started).total_seconds()
+        return ((self.finished or datetime.now(UTC)) - self.started).total_seconds()
 
     def stopped_shards(self) -> dict[str, ShardReport]:
         return {k: s for k, s in self.shards.items() if s.state is ShardState.STOPPED}
 
     def summary(self) -> str:
         """A few readable lines for logs and the command line."""
+        state = self.stop_reason or "running"
         lines = [
-            f"pipeline {self.pipeline!r}: {self.read} read, {self.filtered} filtered out, "
-            f"{self.dropped} dropped by routing, {self.delivered} delivered, "
-            f"{self.failed} failed"
-            + (f", {self.dead_lettered} dead-lettered" if self.dead_lettered else "")
-            + f" in {self.duration:.2f}s ({self.stop_reason or 'running'})"
+            f"pipeline {self.pipeline!r}: {self.read} record{'' if self.read == 1 else 's'} "
+            f"read in {self.duration:.2f}s ({state})",
+            f"  elements: {self.filtered} filtered out, {self.dropped} dropped by routing, "
+            f"{self.failed} failed, {self.dead_lettered} dead-lettered",
+            f"  deliveries: {self.delivered} (an element counts once for each sink that "
+            "acknowledged it)",
         ]
         states: dict[str, int] = {}
         for shard in self.shards.values():

@@ -74,7 +74,7 @@ def test_replays_letters_through_a_pipeline_in_a_file(
     assert code == 0
     out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert out == [{"pk": f"o{n}", "n": n} for n in range(3)]
-    assert "pipeline 'orders': 3 read" in capsys.readouterr().out
+    assert "pipeline 'orders': 3 records read" in capsys.readouterr().out
 
 
 def test_runs_as_a_command(tmp_path: Path, module: Path) -> None:

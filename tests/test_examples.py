@@ -72,12 +72,17 @@ class TestDemo:
         assert all("visits" in m["changed"] for m in lines if m["op"] == "MODIFY")
 
         # the run's own report agrees
-        (reported_read,) = count(r"^pipeline 'user-cache': (\d+) read", out)
+        (reported_read,) = count(r"^pipeline 'user-cache': (\d+) records read", out)
         assert reported_read == read
         assert count(r"^  sink purge-queue: (\d+) delivered, 0 failed", out) == (purged,)
         assert count(r"^  sink evictions: (\d+) delivered, 0 failed", out) == (evicted,)
-        assert "0 failed in" in out
+        assert count(r"^  sink tally: (\d+) delivered, 0 failed", out) == (invalidations,)
+        assert "_Tally" not in out  # no internal names in the plan or the report
+        assert count(
+            r"^  elements: \d+ filtered out, \d+ dropped by routing, (\d+) failed", out
+        ) == (0,)
         assert "(stop requested)" in out
+        assert "shards: 1 (1 paused)" in out
         assert "counts add up" in out
         assert "werkzeug" not in out
         assert "HTTP/1.1" not in out  # no request logs
@@ -147,14 +152,14 @@ def test_cache_invalidator_runs_against_a_table(users_table: str, tmp_path: Path
         {"key": "user#2", "op": "REMOVE"},
     ]
     assert [json.loads(line) for line in evicted.read_text().splitlines()] == [lines[1]]
-    assert "6 read" in done.stderr
+    assert "6 records read" in done.stderr
     assert "0 failed" in done.stderr
     assert "(drained)" in done.stderr
 
     # run again: it resumes from its checkpoints, so nothing is new
     again = run(example, *args)
     assert again.stdout == ""
-    assert "0 read" in again.stderr
+    assert "0 records read" in again.stderr
 
 
 class _Receiver:
@@ -337,7 +342,7 @@ class TestWebhookForwarderDeadLetters:
         with _Receiver() as fixed:
             again = run(WEBHOOK_FORWARDER, "Users", fixed.url, "--replay", str(dead))
         assert again.returncode == 0
-        assert "1 read" in again.stderr
+        assert "1 record read" in again.stderr
         assert "1 delivered, 0 failed" in again.stderr
         assert fixed.bodies == [last_body]
         assert fixed.headers[0]["Idempotency-Key"] == last_headers["Idempotency-Key"]

@@ -29,6 +29,7 @@ from flowstream.report import RunReport, ShardState, SinkReport
 from flowstream.runtime.checkpointer import Checkpointer
 from flowstream.runtime.groups import first_error
 from flowstream.runtime.scheduler import Scheduler
+from flowstream.sinks.base import checked_writer
 from flowstream.sources.base import Source
 
 __all__ = ["run_pipeline"]
@@ -184,7 +185,9 @@ class _Engine:
                     self.store.open(report.pipeline, session.stream_id)
                 )
                 sinks = self.plan.all_sinks
-                writers = [await stack.enter_async_context(s.open()) for s in sinks]
+                writers = [
+                    checked_writer(s, await stack.enter_async_context(s.open())) for s in sinks
+                ]
                 sink_reports = []
                 for sink in sinks:
                     stats = SinkReport(_unique(sink.name, report))
@@ -268,7 +271,7 @@ def _settle_states(report: RunReport) -> None:
     """Shards whose runners were abandoned (cancelled at the end of the grace period, or
     torn down by a fatal error) are still marked running: say what they are now."""
     for shard in report.shards.values():
-        if shard.state is ShardState.RUNNING or shard.state is ShardState.INTERRUPTED:
+        if shard.state is ShardState.RUNNING:
             if shard.checkpoint == SHARD_END:
                 shard.state = ShardState.ENDED  # its end was written after all
             else:

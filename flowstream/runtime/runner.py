@@ -294,7 +294,7 @@ class ShardRunner:
                     if stop.record_index:
                         done = work.records[stop.record_index - 1].sequence_number
                         self.checkpointer.advance(self.shard.shard_id, done, stop.record_index)
-                    return ShardState.INTERRUPTED
+                    return ShardState.PAUSED
                 return self._stopped(work.records, stop, 0)
             p = work.processed
             self.report.filtered += p.filtered
@@ -311,7 +311,7 @@ class ShardRunner:
             # An idle shard waits here for its next page, possibly for hours: it must not
             # keep this one (a lazy record holds its page's whole body) alive meanwhile.
             del work, p, stop, letters
-        return ShardState.INTERRUPTED
+        return ShardState.PAUSED
 
     def _stopped(self, records: list[Record], stop: _Stop, failed: int) -> ShardState:
         index = stop.record_index

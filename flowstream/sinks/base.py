@@ -17,9 +17,11 @@ from typing import Any
 
 import msgspec
 
+from flowstream.callables import is_async_callable
+from flowstream.errors import PipelineError
 from flowstream.record import Record
 
-__all__ = ["Batch", "SendResult", "Sink", "SinkWriter", "item_key"]
+__all__ = ["Batch", "SendResult", "Sink", "SinkWriter", "checked_writer", "item_key"]
 
 
 # Sorted names and numbers as numbers: stable across runs and languages, and 1 (a number)
@@ -104,3 +106,16 @@ class SimpleSink(Sink, SinkWriter):
     @asynccontextmanager
     async def _self_context(self) -> AsyncIterator[SinkWriter]:
         yield self
+
+
+def checked_writer(sink: Sink, writer: SinkWriter) -> SinkWriter:
+    """The writer `sink` opened, once it is known that its `send()` can be awaited: a
+    plain ``def send`` would fail on the first batch, far from its cause."""
+    if not is_async_callable(writer.send):
+        cls = type(writer).__name__
+        raise PipelineError(
+            f"sink {sink.name}: {cls}.send() is a plain function, but flowstream awaits it; "
+            f"define it as `async def send(self, batch)` (a blocking call inside can run "
+            "in a thread: `await anyio.to_thread.run_sync(...)`)"
+        )
+    return writer

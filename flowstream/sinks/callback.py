@@ -6,8 +6,8 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, final
 
+from flowstream.callables import callable_name, is_async_callable
 from flowstream.errors import PipelineError
-from flowstream.plan import callable_name, is_async_callable
 from flowstream.sinks.base import Batch, SendResult, SimpleSink
 
 __all__ = ["CallbackSink", "callback"]
@@ -19,12 +19,13 @@ class CallbackSink(SimpleSink):
     coroutine finishing) acknowledges them; raising fails the whole batch, which is then
     retried. Calls for different shards may run at the same time."""
 
-    def __init__(self, fn: Callable[[list[Any]], Any]) -> None:
+    def __init__(self, fn: Callable[[list[Any]], Any], name: str | None = None) -> None:
         self._fn = fn
+        self._name = name
         self._is_async = is_async_callable(fn)
 
     def describe(self) -> str:
-        return f"callback({callable_name(self._fn)})"
+        return self._name or f"callback({callable_name(self._fn)})"
 
     async def send(self, batch: Batch) -> SendResult | None:
         # A copy: a function that consumes its list (pop() as it goes) must not shrink the
@@ -41,11 +42,19 @@ class CallbackSink(SimpleSink):
         return None
 
 
-def callback(fn: Callable[[list[Any]], Awaitable[None] | None]) -> CallbackSink:
-    """A sink that calls `fn(values)` for each batch (a list of one shard's elements)."""
+def callback(
+    fn: Callable[[list[Any]], Awaitable[None] | None], *, name: str | None = None
+) -> CallbackSink:
+    """A sink that calls `fn(values)` for each batch (a list of one shard's elements).
+    `name` is what plans and reports call it (default: ``callback(<function name>)``)."""
     if not callable(fn):
         raise PipelineError(
             f"sinks.callback() got {type(fn).__name__}, which is not callable; pass a "
             "function that takes a list of elements"
         )
-    return CallbackSink(fn)
+    if name is not None and (not isinstance(name, str) or not name):
+        raise PipelineError(
+            f"sinks.callback(name={name!r}) must be a non-empty str, or None for the "
+            "function's name"
+        )
+    return CallbackSink(fn, name)

@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 
 import anyio
 
+from flowstream.callables import callable_name, is_async_callable
 from flowstream.errors import (
     AttributeValueError,
     DeliveryError,
@@ -43,7 +44,6 @@ from flowstream.errors import (
     RecordDecodeError,
     SinkError,
 )
-from flowstream.plan import callable_name, is_async_callable
 from flowstream.record import EventName, Record
 from flowstream.serialize import to_bytes
 from flowstream.sinks.base import Batch, SendResult, Sink, SinkWriter, item_key

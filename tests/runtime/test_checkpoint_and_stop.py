@@ -129,5 +129,5 @@ class TestGracefulStop:
         (report,) = result
         assert report.stop_reason == "stop requested"
         assert report.delivered == 1
-        assert report.shards[shard].state is fs.ShardState.INTERRUPTED
+        assert report.shards[shard].state is fs.ShardState.PAUSED
         assert report.shards[shard].checkpoint == stream.records(shard)[0].sequence_number

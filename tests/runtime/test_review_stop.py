@@ -168,7 +168,7 @@ class TestStopBeforeReading:
                 await source.hanging.wait()
                 stop.set()
         assert run.report is not None
-        assert run.report.shards[shard].state is fs.ShardState.INTERRUPTED
+        assert run.report.shards[shard].state is fs.ShardState.PAUSED
         assert await saved(store, stream, "p") == {shard: stream.records(shard)[0].sequence_number}
 
 
@@ -200,7 +200,7 @@ class TestStopWhileWorking:
                 await wait_until(lambda: len(out.items) == 3)
                 stop.set()
         assert run.report is not None
-        assert run.report.shards[shard].state is fs.ShardState.INTERRUPTED
+        assert run.report.shards[shard].state is fs.ShardState.PAUSED
         assert keys(out.items) == ["0", "1", "2"]
         records = stream.records(shard)
         assert await saved(store, stream, "p") == {shard: records[2].sequence_number}
@@ -256,7 +256,7 @@ class TestStopWhileWorking:
                 stop.set()
         (report,) = reports
         stats = report.shards[shard]
-        assert stats.state is fs.ShardState.INTERRUPTED
+        assert stats.state is fs.ShardState.PAUSED
         assert stats.failed == 0
         assert stats.stopped_at is None
         records = stream.records(shard)
@@ -306,7 +306,7 @@ class TestStopWhileWorking:
                 await wait_until(lambda: len(out.items) == 2 and len(attempts) == 1)
                 stop.set()
         (report,) = reports
-        assert report.shards[shard].state is fs.ShardState.INTERRUPTED
+        assert report.shards[shard].state is fs.ShardState.PAUSED
         assert keys(out.items) == ["0", "1"]
         records = stream.records(shard)
         assert store.positions("p", stream.stream_arn) == {shard: records[1].sequence_number}
@@ -340,7 +340,7 @@ class TestStopWhileWorking:
         # the abandoned shard used to be left "running" in the report
         assert report.shards[stuck].state is fs.ShardState.INTERRUPTED
         assert report.shards[stuck].checkpoint is None
-        assert report.shards[free].state is fs.ShardState.INTERRUPTED
+        assert report.shards[free].state is fs.ShardState.PAUSED  # stopped within the grace
         assert report.shards[free].checkpoint == stream.records(free)[0].sequence_number
 
 

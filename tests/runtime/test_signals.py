@@ -48,4 +48,4 @@ def test_a_signal_stops_the_run_and_returns_the_report(signum: signal.Signals) -
         child.kill()
     assert child.returncode == 0, err
     assert f"stop_reason {signum.name}" in out
-    assert "state interrupted" in out
+    assert "state paused" in out

@@ -8,19 +8,23 @@ import io
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 
+import flowstream as fs
 from flowstream import sinks, sources
 from flowstream.errors import PipelineError, SinkError
 from flowstream.record import Record, decode_records
 from flowstream.serialize import SerializationError
 from flowstream.sinks import Batch, SendResult, Sink
+from flowstream.sinks.base import SimpleSink, SinkWriter
 from flowstream.sources.base import TRIM_HORIZON, Page
+from flowstream.testing import MemoryStream
 
 SHARD_A = "shardId-00000001700000000000-aaaaaaaa"
 SHARD_B = "shardId-00000001700000000000-bbbbbbbb"
@@ -197,6 +201,59 @@ class TestCallback:
             pass
 
         assert "invalidate" in sinks.callback(invalidate).describe()
+
+    def test_a_name_replaces_the_function_name_in_plans_and_reports(self) -> None:
+        sink = sinks.callback(_AsyncCallable(), name="tally")
+        assert sink.name == sink.describe() == "tally"
+
+    @pytest.mark.parametrize("name", ["", 3])
+    def test_a_name_must_be_a_non_empty_str(self, name: Any) -> None:
+        with pytest.raises(PipelineError, match=r"name=.* must be a non-empty str"):
+            sinks.callback(print, name=name)
+
+
+class TestWritingASink:
+    """A sink of the user's own whose writer's send() is a plain def is refused when the
+    run opens it, before anything is read, with the fix."""
+
+    async def test_a_simple_sink_with_a_plain_send(self) -> None:
+        class PlainSend(SimpleSink):
+            def describe(self) -> str:
+                return "plain-send"
+
+            def send(self, batch: Batch) -> None:  # type: ignore[override]
+                raise AssertionError("never called")
+
+        await self._refused(PlainSend(), "sink plain-send: PlainSend.send()")
+
+    async def test_a_writer_with_a_plain_send(self) -> None:
+        class Writer(SinkWriter):
+            def send(self, batch: Batch) -> None:  # type: ignore[override]
+                raise AssertionError("never called")
+
+        class Opens(Sink):
+            def describe(self) -> str:
+                return "opens"
+
+            @asynccontextmanager
+            async def _open(self) -> AsyncIterator[SinkWriter]:
+                yield Writer()
+
+            def open(self) -> AbstractAsyncContextManager[SinkWriter]:
+                return self._open()
+
+        await self._refused(Opens(), "sink opens: Writer.send()")
+
+    @staticmethod
+    async def _refused(sink: Sink, names: str) -> None:
+        stream = MemoryStream()
+        stream.put(stream.add_shard(), "INSERT", {"pk": "a"})
+        with pytest.raises(PipelineError) as info:
+            await fs.Pipeline(stream).to(sink).run(drain=True)
+        message = str(info.value)
+        assert message.startswith(names)
+        assert "is a plain function" in message
+        assert "async def send(self, batch)" in message
 
 
 class TestStdout:
