@@ -55,8 +55,14 @@ async def queue_urls(prefix: str, *, endpoint_url: str | None, create: bool) -> 
             name = prefix + suffix
             if create:
                 urls[event] = (await client.create_queue(QueueName=name))["QueueUrl"]
-            else:
+                continue
+            try:
                 urls[event] = (await client.get_queue_url(QueueName=name))["QueueUrl"]
+            except client.exceptions.QueueDoesNotExist:
+                raise fs.SinkError(
+                    f"queue {name!r} does not exist; pass --create to create the queues, "
+                    "or --queue-prefix for queues that exist"
+                ) from None
     return urls
 
 

@@ -415,9 +415,11 @@ async def serve_demo(*, port: int = 4566, out: TextIO | None = None, seed: int |
             f"{endpoint_url}; table {TABLE!r} (NEW_AND_OLD_IMAGES stream) is being written to.\n"
             "Run an example against it from another terminal, e.g.:\n"
             f"  {env} python3 examples/cache_invalidator.py {TABLE} --endpoint-url {endpoint_url}\n"
-            f"  {env} python3 examples/sqs_fanout.py {TABLE} --endpoint-url {endpoint_url}\n"
-            f"  {env} python3 examples/table_replicator.py {TABLE} UsersCopy --endpoint-url "
+            f"  {env} python3 examples/sqs_fanout.py {TABLE} --create --endpoint-url "
             f"{endpoint_url}\n"
+            f"  {env} python3 examples/table_replicator.py {TABLE} UsersCopy --create "
+            f"--endpoint-url {endpoint_url}\n"
+            "(docs/examples.md says more.)\n"
             "Ctrl-C stops it.",
             file=out,
             flush=True,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 from collections import Counter
@@ -13,6 +15,7 @@ from typing import Any
 import boto3
 import pytest
 from moto_server import MotoServer
+from server_process import free_port
 
 import flowstream as fs
 from flowstream import cli
@@ -86,6 +89,54 @@ class TestDemo:
         assert "counts add up" in out
         assert "werkzeug" not in out
         assert "HTTP/1.1" not in out  # no request logs
+
+    def test_serve_keeps_an_endpoint_that_the_commands_it_prints_run_against(
+        self, tmp_path: Path
+    ) -> None:
+        """`flowstream demo --serve` prints example commands; each runs (with --drain)
+        against the endpoint while it writes, and Ctrl-C (SIGINT) stops it."""
+        port = free_port()
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "flowstream", "demo", "--serve", "--port", str(port)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert serve.stdout is not None
+            printed = []
+            for line in serve.stdout:
+                printed.append(line)
+                if line.startswith("Ctrl-C stops it."):
+                    break
+            commands = [line.split() for line in printed if " examples/" in line]
+            assert [c[4] for c in commands] == [
+                "examples/cache_invalidator.py",
+                "examples/sqs_fanout.py",
+                "examples/table_replicator.py",
+            ]
+            for command in commands:
+                env = dict(word.split("=", 1) for word in command[:3])
+                argv = [sys.executable, str(ROOT / command[4]), *command[5:], "--drain"]
+                assert f"http://127.0.0.1:{port}" in argv
+                done = subprocess.run(
+                    argv,
+                    cwd=tmp_path,
+                    env={**os.environ, **env},
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                )
+                assert done.returncode == 0, done.stderr
+                assert re.search(r"^pipeline '[\w-]+': [1-9]\d* records read", done.stderr, re.M)
+            serve.send_signal(signal.SIGINT)
+            out, _ = serve.communicate(timeout=30)
+            assert serve.returncode == 0
+            assert re.search(r"^stopped after \d+ changes$", out, re.M)
+        finally:
+            serve.kill()
+            serve.wait()
 
     def test_a_missing_example_file_is_a_clear_error(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
@@ -365,6 +416,23 @@ class TestWebhookForwarderDeadLetters:
         args = ["Users", "http://127.0.0.1:9/hook", "--replay", dead, "--dead-letters", dead]
         done = run(WEBHOOK_FORWARDER, *args, returncode=2)
         assert "--dead-letters must be another file than --replay" in done.stderr
+
+
+def test_sqs_fanout_without_its_queues_says_how_to_create_them(
+    users_table: str, tmp_path: Path
+) -> None:
+    args = ["Users", "--endpoint-url", users_table, "--drain"]
+    done = run(
+        str(ROOT / "examples" / "sqs_fanout.py"),
+        *args,
+        "--checkpoints",
+        str(tmp_path / "f.db"),
+        returncode=1,
+    )
+    assert done.stderr == (
+        "error: queue 'users-inserts' does not exist; pass --create to create the queues, "
+        "or --queue-prefix for queues that exist\n"
+    )
 
 
 def test_sqs_fanout_routes_each_event_type_to_its_queue(users_table: str, tmp_path: Path) -> None:
