@@ -1,4 +1,4 @@
-"""Review: the contiguous ack frontier.
+"""The contiguous ack frontier.
 
 A checkpoint never passes a record that some sink it was routed to did not acknowledge
 -- with several sinks failing at different records, with flat_map giving several
