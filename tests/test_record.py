@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import msgspec
 import pytest
-from boto3.dynamodb.types import Binary, TypeDeserializer
+from boto3_values import wire_image
 
 import flowstream as fs
 from flowstream.errors import AttributeValueError, FlowstreamError, RecordDecodeError
@@ -24,7 +24,6 @@ from flowstream.record import EventName, Record, StreamViewType, decode_page, de
 SHARD = "shardId-00000001700000000000-0a1b2c3d"
 STREAM_ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/Users/stream/2024-01-01T00:00:00.000"
 ITERATOR = "arn:aws:dynamodb:us-east-1:123456789012:table/Users/stream/2024|1|AAAAAAAAAbcd=="
-_DESERIALIZER = TypeDeserializer()
 T_1_7E9 = datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)  # 1.7E9 seconds after the epoch
 
 # A GetRecords response body, byte for byte in the shape DynamoDB Streams sends it.
@@ -308,42 +307,9 @@ class TestThirdPartyEvents:
             else:
                 seconds = created / 1000 if created > 1e11 else created  # .NET's milliseconds
                 assert record.approximate_creation_time == datetime.fromtimestamp(seconds, UTC)
-            assert record.keys == image(data["Keys"])
-            assert record.new_image == image(data.get("NewImage"))
-            assert record.old_image == image(data.get("OldImage"))
-
-
-def image(wire: dict[str, Any] | None) -> dict[str, Any] | None:
-    """An image as boto3's TypeDeserializer gives it, with its Binary unwrapped."""
-    if wire is None:
-        return None
-    return {name: _plain(_DESERIALIZER.deserialize(_parsed(value))) for name, value in wire.items()}
-
-
-def _parsed(value: dict[str, Any]) -> dict[str, Any]:
-    """An attribute value as botocore parses it: binary base64-decoded."""
-    ((tag, inner),) = value.items()
-    if tag == "B":
-        return {"B": base64.b64decode(inner)}
-    if tag == "BS":
-        return {"BS": [base64.b64decode(item) for item in inner]}
-    if tag == "M":
-        return {"M": {k: _parsed(v) for k, v in inner.items()}}
-    if tag == "L":
-        return {"L": [_parsed(v) for v in inner]}
-    return value
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Binary):
-        return bytes(value)
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if isinstance(value, set):
-        return {_plain(v) for v in value}
-    return value
+            assert record.keys == wire_image(data["Keys"])
+            assert record.new_image == wire_image(data.get("NewImage"))
+            assert record.old_image == wire_image(data.get("OldImage"))
 
 
 class TestEventName:

@@ -23,7 +23,8 @@ import anyio
 import boto3
 import msgspec
 import pytest
-from boto3.dynamodb.types import Binary, TypeDeserializer, TypeSerializer
+from boto3.dynamodb.types import TypeSerializer
+from boto3_values import image
 from moto_server import closed_port
 from support import wait_until
 
@@ -44,7 +45,6 @@ FAST = 3.0
 RUN_TIMEOUT = 20.0
 
 _serialize = TypeSerializer().serialize
-_deserialize = TypeDeserializer().deserialize
 
 
 def source(table: str | None = None, **options: Any) -> DynamoDBSource:
@@ -63,25 +63,6 @@ async def read_all(src: DynamoDBSource, **run_options: Any) -> tuple[list[fs.Rec
 
 
 # -- the table side, through boto3 ------------------------------------------------------
-
-
-def plain(value: Any) -> Any:
-    """boto3's deserialised value with `Binary` unwrapped, to compare with ours."""
-    if isinstance(value, Binary):
-        return bytes(value)
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [plain(v) for v in value]
-    if isinstance(value, set | frozenset):
-        return {plain(v) for v in value}
-    return value
-
-
-def image(raw: dict[str, Any] | None) -> dict[str, Any] | None:
-    if raw is None:
-        return None
-    return {name: plain(_deserialize(value)) for name, value in raw.items()}
 
 
 class Aws:

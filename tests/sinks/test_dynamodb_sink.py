@@ -20,7 +20,8 @@ from typing import Any
 import boto3
 import pytest
 from aiobotocore.session import AioSession
-from boto3.dynamodb.types import Binary, TypeDeserializer, TypeSerializer
+from boto3.dynamodb.types import TypeSerializer
+from boto3_values import image
 from botocore.awsrequest import AWSResponse
 from sink_support import drain, new_session, send
 
@@ -34,19 +35,6 @@ from flowstream.testing import MemoryStream
 REGION = "us-east-1"
 
 _serialize = TypeSerializer().serialize
-_deserialize = TypeDeserializer().deserialize
-
-
-def plain(value: Any) -> Any:
-    if isinstance(value, Binary):
-        return bytes(value)
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [plain(v) for v in value]
-    if isinstance(value, set | frozenset):
-        return {plain(v) for v in value}
-    return value
 
 
 class Tables:
@@ -94,7 +82,7 @@ class Tables:
 
     def items(self, table: str) -> dict[tuple[str, int], dict[str, Any]]:
         items = self.client.scan(TableName=table)["Items"]
-        decoded = [{k: plain(_deserialize(v)) for k, v in item.items()} for item in items]
+        decoded = [image(item) for item in items]
         return {(item["pk"], item["sk"]): item for item in decoded}
 
 
