@@ -92,7 +92,9 @@ class Shard(msgspec.Struct, frozen=True):
 class Page(msgspec.Struct, gc=False):
     """What one read of a shard returned.
 
-    `caught_up`: nothing more was there to read when this page was taken.
+    `caught_up`: the reader holds that nothing more was there to read when this page was
+    taken (a drain ends the shard there). A reader that cannot know for sure says so only
+    when it can defend it: the DynamoDB reader at its second empty page in a row.
     `ended`: the shard is closed and read to its end; no read follows.
     `note`: something the run report should tell (e.g. records skipped as trimmed).
     """
