@@ -130,9 +130,14 @@ class _LambdaWriter(SinkWriter):
             response = await self._client.invoke(
                 FunctionName=self._function, InvocationType=self._invocation, Payload=payload
             )
-            # Read it all, so the connection goes back to the pool.
-            async with response["Payload"] as stream:
+            # Read it all, so the connection goes back to the pool (a StreamingBody of
+            # every aiobotocore version has read() and close(); older ones are no context
+            # managers).
+            stream = response["Payload"]
+            try:
                 body = await stream.read()
+            finally:
+                stream.close()
         except Exception as exc:
             error = self._call_error(exc)
             if error.code in _PAYLOAD_ERRORS:
