@@ -1,8 +1,9 @@
 """A checkpoint store in a DynamoDB table: durable, shared by every machine that can reach it.
 
 One item per (pipeline, stream, shard): partition key ``pipeline_stream``, sort key
-``shard``. A later lease protocol adds owner and lease attributes to the same items, so
-saves update only the position attributes (UpdateItem, never a whole-item put).
+``shard``. Saves update only the position attributes (UpdateItem, never a whole-item
+put). Workers that share a stream keep their checkpoints in a lease table instead
+(`flowstream.leases`), in the Kinesis Client Library's format.
 
 The never-backwards rule is the ConditionExpression of each write, so it holds for every
 writer of the table. Sequence numbers are decimal strings of up to 40 digits (more than
@@ -13,7 +14,6 @@ digits, or ``SHARD_END``, which sorts after every digit.
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
@@ -24,16 +24,7 @@ import anyio
 import anyio.abc
 from aiobotocore.session import AioSession
 
-from flowstream.aws import (
-    REFUSED_CODES,
-    configuration_error,
-    create_client,
-    error_code,
-    error_message,
-    is_retryable,
-    is_setup_error,
-)
-from flowstream.backoff import Backoff
+from flowstream.aws import create_client, error_code
 from flowstream.checkpoints.base import (
     SHARD_END,
     CheckpointSession,
@@ -44,10 +35,9 @@ from flowstream.checkpoints.base import (
     is_position,
 )
 from flowstream.errors import CheckpointError
+from flowstream.state_table import Retry, StateTable, TableSpec
 
 __all__ = ["DynamoDBCheckpoints", "dynamodb"]
-
-logger = logging.getLogger("flowstream")
 
 #: The key schema of a checkpoint table (both strings).
 PARTITION_KEY: Final = "pipeline_stream"
@@ -63,13 +53,6 @@ _MAX_SORT_KEY_BYTES: Final = 1024
 #: Digits of the longest position `position_order` can sort (three-digit count).
 _MAX_DIGITS: Final = 999
 _TABLE_NAME: Final = re.compile(r"[A-Za-z0-9_.-]{3,255}")
-
-#: How long opening waits for a new table to become ACTIVE.
-_ACTIVE_TIMEOUT: Final = 300.0
-_USABLE: Final = frozenset({"ACTIVE", "UPDATING"})
-_THROTTLED: Final = frozenset(
-    {"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"}
-)
 
 # Every save is one conditional update per shard; the position moves only forward, and
 # SHARD_END (which sorts after every "NNN:digits") is final. A missing position_order
@@ -133,265 +116,41 @@ class DynamoDBCheckpoints(CheckpointStore):
                     )
                 )
             except Exception as exc:
-                raise self._error("cannot open the checkpoint table", exc) from None
-            await _Table(self, client).ensure()
-            session = _DynamoDBSession(self, client, key)
+                table = StateTable(self._spec(), None)
+                raise table.error("cannot open the checkpoint table", exc) from None
+            table = StateTable(self._spec(), client)
+            await table.ensure()
+            session = _DynamoDBSession(self, table, key)
             try:
                 yield session
             finally:
                 session.closed = True
 
-    def _where(self, client: Any) -> str:
-        where = f" at {self.endpoint_url}" if self.endpoint_url else ""
-        return f"{client.meta.region_name}{where}"
-
-    def _error(
-        self, doing: str, exc: BaseException, *, action: str | None = None
-    ) -> CheckpointError:
-        """Translate a botocore error into a CheckpointError that names the table and the
-        fix; `action` is the IAM action of the call, named when access is denied."""
-        if isinstance(exc, CheckpointError):
-            return exc
-        setup = configuration_error(
-            exc,
-            CheckpointError,
-            what=f"DynamoDB (checkpoint table {self.table!r})",
+    def _spec(self) -> TableSpec:
+        return TableSpec(
+            name=self.table,
+            kind="checkpoint table",
+            store=self.describe(),
+            keys={PARTITION_KEY: "HASH", SORT_KEY: "RANGE"},
+            create=self.create,
+            timeout=self.timeout,
             endpoint_url=self.endpoint_url,
+            error_type=CheckpointError,
+            throttled_fix="write less often with a longer flush_interval=",
         )
-        if setup is not None:
-            message = str(setup)
-            if action is not None and error_code(exc) in REFUSED_CODES:
-                message += f"; the checkpoint store needs dynamodb:{action} on the table"
-            return CheckpointError(f"{self.describe()}: {doing}: {message}")
-        code = error_code(exc) or type(exc).__name__
-        return CheckpointError(
-            f"{self.describe()}: {doing}: {code}: {error_message(exc)}"
-            + _fix_for(code, is_retryable(exc), self.timeout)
-        )
-
-    def _timed_out(self, doing: str, last: BaseException | None) -> CheckpointError:
-        if last is None:
-            return CheckpointError(
-                f"{self.describe()}: {doing}: DynamoDB did not answer within "
-                f"timeout={self.timeout}s; check the endpoint, or pass a longer timeout="
-            )
-        error = self._error(doing, last)
-        return CheckpointError(f"{error} (still failing after retrying for {self.timeout}s)")
-
-
-def _fix_for(code: str, retryable: bool, timeout: float) -> str:
-    if code in _THROTTLED:
-        return (
-            "; the table's throughput is exceeded: raise its capacity (or use on-demand "
-            "capacity), write less often with a longer flush_interval=, or wait longer with "
-            "a longer timeout="
-        )
-    if code == "ResourceNotFoundException":
-        return "; the checkpoint table was deleted while in use: create it again, or run again"
-    if retryable:
-        return (
-            "; DynamoDB or the endpoint is unavailable: check endpoint_url= and region=, or "
-            f"wait longer than timeout={timeout}s with a longer timeout="
-        )
-    return ""
-
-
-class _Retry:
-    """What the retries of one load or save have seen: the last error, and whether a
-    retry was logged already (once per call of load or save, not once per shard)."""
-
-    __slots__ = ("last", "logged")
-
-    def __init__(self) -> None:
-        self.last: BaseException | None = None
-        self.logged = False
-
-
-async def _call(
-    store: DynamoDBCheckpoints,
-    client: Any,
-    operation: str,
-    params: dict[str, Any],
-    retry: _Retry,
-    *,
-    opening: bool = False,
-) -> Any:
-    """Call `operation`, retrying throttling, server errors and broken connections with
-    backoff and full jitter until the caller's deadline cancels it. While opening, a
-    setup problem (no credentials, an endpoint that cannot be reached) fails at once:
-    it must not look like a hang. Other errors are raised as botocore raised them."""
-    backoff = Backoff(base=0.05, cap=2.0)
-    method = getattr(client, operation)
-    while True:
-        try:
-            return await method(**params)
-        except Exception as exc:
-            if not is_retryable(exc) or (opening and is_setup_error(exc)):
-                raise
-            retry.last = exc
-            delay = backoff.next_delay()
-            if not retry.logged:
-                retry.logged = True
-                logger.warning(
-                    "checkpoint table %s: %s failed (%s); retrying with backoff for up to %ss",
-                    store.table,
-                    operation,
-                    error_code(exc) or type(exc).__name__,
-                    store.timeout,
-                )
-            await anyio.sleep(delay)
-
-
-class _Table:
-    """Opening: check that the table exists with the checkpoint key schema, or create it
-    and wait until it is ACTIVE."""
-
-    def __init__(self, store: DynamoDBCheckpoints, client: Any) -> None:
-        self._store = store
-        self._client = client
-        self._name = store.table
-
-    async def ensure(self) -> None:
-        store = self._store
-        table = await self._describe()
-        if table is None:
-            if not store.create:
-                raise CheckpointError(
-                    f"{store.describe()}: the checkpoint table {self._name!r} does not exist in "
-                    f"{store._where(self._client)}; pass create=True to let flowstream create "
-                    f"it, or create it with the partition key {PARTITION_KEY} (S) and the sort "
-                    f"key {SORT_KEY} (S), or check the table name and region="
-                )
-            table = await self._create()
-        self._check_schema(table)
-        await self._wait_until_active(table)
-
-    async def _describe(self) -> dict[str, Any] | None:
-        """The table's description, or None when it does not exist."""
-        try:
-            response = await self._request(
-                "describe_table",
-                {"TableName": self._name},
-                doing="cannot open the checkpoint table",
-                action="DescribeTable",
-                passing="ResourceNotFoundException",
-            )
-        except Exception as exc:
-            if error_code(exc) == "ResourceNotFoundException":
-                return None
-            raise
-        return dict(response["Table"])
-
-    async def _create(self) -> dict[str, Any]:
-        params = {
-            "TableName": self._name,
-            "KeySchema": [
-                {"AttributeName": PARTITION_KEY, "KeyType": "HASH"},
-                {"AttributeName": SORT_KEY, "KeyType": "RANGE"},
-            ],
-            "AttributeDefinitions": [
-                {"AttributeName": PARTITION_KEY, "AttributeType": "S"},
-                {"AttributeName": SORT_KEY, "AttributeType": "S"},
-            ],
-            "BillingMode": "PAY_PER_REQUEST",
-        }
-        try:
-            response = await self._request(
-                "create_table",
-                params,
-                doing="cannot create the checkpoint table",
-                action="CreateTable",
-                passing="ResourceInUseException",
-            )
-        except Exception as exc:
-            if error_code(exc) != "ResourceInUseException":
-                raise
-            # Another process created it between our DescribeTable and CreateTable.
-            table = await self._describe()
-            if table is None:
-                raise CheckpointError(
-                    f"{self._store.describe()}: the checkpoint table {self._name!r} is being "
-                    "deleted; wait until it is gone and run again, or use another table"
-                ) from None
-            return table
-        logger.info(
-            "created the checkpoint table %s in %s", self._name, self._store._where(self._client)
-        )
-        return dict(response["TableDescription"])
-
-    async def _request(
-        self, operation: str, params: dict[str, Any], *, doing: str, action: str, passing: str
-    ) -> Any:
-        """One call of opening, retried within the store's timeout. The error code
-        `passing` is raised as botocore raised it; every other error is a CheckpointError."""
-        retry = _Retry()
-        with anyio.move_on_after(self._store.timeout):
-            try:
-                return await _call(
-                    self._store, self._client, operation, params, retry, opening=True
-                )
-            except Exception as exc:
-                if error_code(exc) == passing:
-                    raise
-                raise self._store._error(doing, exc, action=action) from None
-        raise self._store._timed_out(doing, retry.last)
-
-    def _check_schema(self, table: Mapping[str, Any]) -> None:
-        keys = {k["AttributeName"]: k["KeyType"] for k in table.get("KeySchema", ())}
-        types = {
-            a["AttributeName"]: a["AttributeType"] for a in table.get("AttributeDefinitions", ())
-        }
-        expected = {PARTITION_KEY: "HASH", SORT_KEY: "RANGE"}
-        if keys == expected and all(types.get(name) == "S" for name in expected):
-            return
-        have = ", ".join(f"{name} ({types.get(name, '?')}, {kind})" for name, kind in keys.items())
-        raise CheckpointError(
-            f"{self._store.describe()}: table {self._name!r} in "
-            f"{self._store._where(self._client)} is not a checkpoint table: its key is {have}, "
-            f"but checkpoints need the partition key {PARTITION_KEY} (S) and the sort key "
-            f"{SORT_KEY} (S); pass the name of a new table (created on first use) or of a "
-            "table flowstream created"
-        )
-
-    async def _wait_until_active(self, table: Mapping[str, Any]) -> None:
-        deadline = anyio.current_time() + _ACTIVE_TIMEOUT
-        polls = 0
-        status = table.get("TableStatus", "ACTIVE")
-        while status not in _USABLE:
-            if status != "CREATING":
-                raise CheckpointError(
-                    f"{self._store.describe()}: the checkpoint table {self._name!r} is "
-                    f"{status}, so it cannot be used; wait until it is ACTIVE (or gone, and "
-                    "let flowstream create it again), or use another table"
-                )
-            if anyio.current_time() >= deadline:
-                raise CheckpointError(
-                    f"{self._store.describe()}: the checkpoint table {self._name!r} is still "
-                    f"CREATING after {_ACTIVE_TIMEOUT:.0f}s; check it in the AWS console and "
-                    "run again"
-                )
-            await anyio.sleep(min(2.0, 0.05 * 2**polls))
-            polls += 1
-            described = await self._describe()
-            if described is None:
-                raise CheckpointError(
-                    f"{self._store.describe()}: the checkpoint table {self._name!r} was "
-                    "deleted while flowstream waited for it to become ACTIVE; run again"
-                )
-            status = described.get("TableStatus", "ACTIVE")
 
 
 @final
 class _DynamoDBSession(CheckpointSession):
-    def __init__(self, store: DynamoDBCheckpoints, client: Any, key: str) -> None:
+    def __init__(self, store: DynamoDBCheckpoints, table: StateTable, key: str) -> None:
         self._store = store
-        self._client = client
+        self._table = table
         self._key = key
         self.closed = False
 
     async def load(self) -> dict[str, str]:
         self._check_open()
-        retry = _Retry()
+        retry = Retry()
         positions: dict[str, str] = {}
         params: dict[str, Any] = {
             "TableName": self._store.table,
@@ -409,7 +168,7 @@ class _DynamoDBSession(CheckpointSession):
         with anyio.move_on_after(self._store.timeout) as scope:
             try:
                 while True:
-                    page = await _call(self._store, self._client, "query", params, retry)
+                    page = await self._table.call("query", params, retry)
                     for item in page.get("Items", ()):
                         position = item.get(_POSITION, {}).get("S")
                         if position is not None:  # an item without a checkpoint yet
@@ -419,9 +178,9 @@ class _DynamoDBSession(CheckpointSession):
                         return positions
                     params["ExclusiveStartKey"] = last
             except Exception as exc:
-                raise self._store._error("cannot load checkpoints", exc, action="Query") from None
+                raise self._table.error("cannot load checkpoints", exc, action="Query") from None
         assert scope.cancelled_caught
-        raise self._store._timed_out("cannot load checkpoints", retry.last)
+        raise self._table.timed_out("cannot load checkpoints", retry.last)
 
     async def save(self, positions: Mapping[str, str]) -> None:
         self._check_open()
@@ -432,8 +191,8 @@ class _DynamoDBSession(CheckpointSession):
         if not writes:
             return
         updated_at = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        retry = _Retry()
-        failures: list[CheckpointError] = []
+        retry = Retry()
+        failures: list[Exception] = []
         pending = iter(writes)
 
         async def worker(group: anyio.abc.TaskGroup) -> None:
@@ -443,7 +202,7 @@ class _DynamoDBSession(CheckpointSession):
                     await self._update(shard, position, order, updated_at, retry)
                 except Exception as exc:
                     failures.append(
-                        self._store._error(
+                        self._table.error(
                             f"cannot save the checkpoint of shard {shard!r}",
                             exc,
                             action="UpdateItem",
@@ -459,10 +218,10 @@ class _DynamoDBSession(CheckpointSession):
         if failures:
             raise failures[0]
         if scope.cancelled_caught:
-            raise self._store._timed_out(f"cannot save {len(writes)} checkpoint(s)", retry.last)
+            raise self._table.timed_out(f"cannot save {len(writes)} checkpoint(s)", retry.last)
 
     async def _update(
-        self, shard: str, position: str, order: str, updated_at: str, retry: _Retry
+        self, shard: str, position: str, order: str, updated_at: str, retry: Retry
     ) -> None:
         params = {
             "TableName": self._store.table,
@@ -477,7 +236,7 @@ class _DynamoDBSession(CheckpointSession):
             },
         }
         try:
-            await _call(self._store, self._client, "update_item", params, retry)
+            await self._table.call("update_item", params, retry)
         except Exception as exc:
             if error_code(exc) == "ConditionalCheckFailedException":
                 return  # not ahead of the stored position: ignored, as save() promises
