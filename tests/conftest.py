@@ -7,7 +7,7 @@ import os
 import pytest
 
 # moto's server for every test that asks for it: `moto_server` (session) and `moto_url`.
-pytest_plugins = ["moto_server", "redis_server", "sink_support"]
+pytest_plugins = ["moto_server", "redis_server", "sink_support", "dynamo_proxy"]
 
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test")

@@ -3,27 +3,33 @@ tests/test_checkpoints.py, the table it creates or refuses, the never-backwards 
 in the database, many shards, retries, and a pipeline that resumes.
 
 Faults (throttling, 5xx, dropped connections, a table still CREATING) come from
-`DynamoProxy`, a real HTTP server on 127.0.0.1 in front of moto that answers chosen
-DynamoDB operations itself; everything else goes through to moto.
+`DynamoProxy` (tests/dynamo_proxy.py).
 """
 
 from __future__ import annotations
 
-import json
-from collections import Counter
-from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack
 from typing import Any
 
-import aiohttp
 import anyio
 import boto3
 import pytest
 import test_checkpoints as contract
-from aiohttp import web
+from dynamo_proxy import (
+    ACCESS_DENIED,
+    DISCONNECT,
+    INTERNAL,
+    PROVISIONED,
+    REQUEST_LIMIT,
+    THROTTLING,
+    UNAVAILABLE,
+    DynamoProxy,
+    Fault,
+    error,
+    status,
+)
 from moto_server import closed_port
 from sink_support import new_session
-from support import local_http, wait_until
+from support import wait_until
 
 import flowstream as fs
 from flowstream import checkpoints, sinks
@@ -98,133 +104,6 @@ class TestInvalidPositions(contract.TestInvalidPositions):
 
 class TestSession(contract.TestSession):
     pass
-
-
-# -- a real HTTP server in front of moto that injects faults -------------------------------
-
-#: (HTTP status, JSON body) of a DynamoDB error response
-Fault = tuple[int, dict[str, Any]]
-
-
-def error(status: int, code: str, message: str = "injected by the test") -> Fault:
-    return status, {"__type": f"com.amazonaws.dynamodb.v20120810#{code}", "message": message}
-
-
-PROVISIONED = error(400, "ProvisionedThroughputExceededException")
-THROTTLING = error(400, "ThrottlingException")
-REQUEST_LIMIT = error(400, "RequestLimitExceeded")
-INTERNAL = error(500, "InternalServerError")
-UNAVAILABLE = error(503, "ServiceUnavailable")
-ACCESS_DENIED = error(400, "AccessDeniedException", "not authorized to perform UpdateItem")
-#: Not an HTTP answer: the proxy closes the connection without one.
-DISCONNECT: Fault = (0, {})
-
-
-class DynamoProxy:
-    """Forwards DynamoDB JSON-protocol requests to moto, except that it answers the next
-    `times` calls of an operation with a fault, or edits moto's successful answers."""
-
-    def __init__(self, target: str) -> None:
-        self.target = target
-        self.url = ""
-        self.calls: Counter[str] = Counter()
-        self.failed: Counter[str] = Counter()
-        self.in_flight: Counter[str] = Counter()
-        self.most_in_flight: Counter[str] = Counter()
-        #: (operation, error code) of every error moto answered
-        self.refusals: list[tuple[str, str]] = []
-        self._faults: dict[str, tuple[Fault, float]] = {}
-        self._edits: dict[str, list[Callable[[dict[str, Any]], None]]] = {}
-        self._listening = AsyncExitStack()
-        self._gates: dict[str, int] = {}
-        self._client: aiohttp.ClientSession | None = None
-
-    def fail(self, operation: str, fault: Fault, times: float = float("inf")) -> None:
-        self._faults[operation] = (fault, times)
-
-    def edit(self, operation: str, *edits: Callable[[dict[str, Any]], None]) -> None:
-        """Apply one edit to each of the next successful answers, in order."""
-        self._edits.setdefault(operation, []).extend(edits)
-
-    def gate(self, operation: str, count: int) -> None:
-        """Hold calls of `operation` until `count` of them are in flight at once (for
-        the first `count` calls only): a test can then see that they run concurrently."""
-        self._gates[operation] = count
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        operation = request.headers.get("X-Amz-Target", "").rpartition(".")[2]
-        self.calls[operation] += 1
-        body = await request.read()
-        fault, times = self._faults.get(operation, (None, 0))
-        if fault is not None and times > 0:
-            self._faults[operation] = (fault, times - 1)
-            self.failed[operation] += 1
-            status, payload = fault
-            if status == 0:
-                assert request.transport is not None
-                request.transport.close()
-                return web.Response()
-            return web.json_response(
-                payload, status=status, content_type="application/x-amz-json-1.0"
-            )
-        self.in_flight[operation] += 1
-        self.most_in_flight[operation] = max(
-            self.most_in_flight[operation], self.in_flight[operation]
-        )
-        try:
-            gate = self._gates.get(operation)
-            if gate is not None and self.calls[operation] <= gate:
-                await wait_until(lambda: self.in_flight[operation] >= gate)
-            return await self._forward(request, operation, body)
-        finally:
-            self.in_flight[operation] -= 1
-
-    async def _forward(self, request: web.Request, operation: str, body: bytes) -> web.Response:
-        assert self._client is not None
-        headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
-        async with self._client.post(
-            self.target + request.path_qs, data=body, headers=headers
-        ) as r:
-            answer = await r.read()
-            status = r.status
-        if status != 200:
-            self.refusals.append((operation, json.loads(answer)["__type"].rpartition("#")[2]))
-        edits = self._edits.get(operation)
-        if status == 200 and edits:
-            document = json.loads(answer)
-            edits.pop(0)(document)
-            answer = json.dumps(document).encode()
-        # No x-amz-crc32: an edited body would not match moto's checksum.
-        return web.Response(body=answer, status=status, content_type="application/x-amz-json-1.0")
-
-    async def __aenter__(self) -> DynamoProxy:
-        self._client = aiohttp.ClientSession()
-        self.url = await self._listening.enter_async_context(local_http(self.handle))
-        return self
-
-    async def stop_listening(self) -> None:
-        """Close the port and every open connection: the endpoint is gone."""
-        await self._listening.aclose()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self._listening.aclose()
-        assert self._client is not None
-        await self._client.close()
-
-
-@pytest.fixture
-async def proxy(moto_url: str) -> AsyncIterator[DynamoProxy]:
-    async with DynamoProxy(moto_url) as server:
-        yield server
-
-
-def status(value: str) -> Callable[[dict[str, Any]], None]:
-    """An edit that gives a CreateTable or DescribeTable answer the table status `value`."""
-
-    def edit(document: dict[str, Any]) -> None:
-        (document.get("Table") or document["TableDescription"])["TableStatus"] = value
-
-    return edit
 
 
 # -- the table -------------------------------------------------------------------------------
