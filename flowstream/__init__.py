@@ -1,6 +1,7 @@
 """flowstream: declarative, concurrent, correct processing of DynamoDB change streams."""
 
 from flowstream import checkpoints as checkpoints
+from flowstream import leases as leases
 from flowstream import sinks as sinks
 from flowstream import sources as sources
 from flowstream.deadletter import DeadLetter as DeadLetter
@@ -26,6 +27,7 @@ from flowstream.record import Record as Record
 from flowstream.record import StreamViewType as StreamViewType
 from flowstream.record import decode_records as decode_records
 from flowstream.replay import replay_dead_letters as replay_dead_letters
+from flowstream.report import LeaseReport as LeaseReport
 from flowstream.report import RunReport as RunReport
 from flowstream.report import ShardReport as ShardReport
 from flowstream.report import ShardState as ShardState
@@ -41,6 +43,7 @@ __all__ = [
     "EventName",
     "FailurePolicy",
     "FlowstreamError",
+    "LeaseReport",
     "NotSentError",
     "Pipeline",
     "PipelineError",
@@ -60,6 +63,7 @@ __all__ = [
     "checkpoints",
     "decode_dead_letter",
     "decode_records",
+    "leases",
     "replay_dead_letters",
     "sinks",
     "sources",

@@ -25,6 +25,7 @@ from flowstream.sources.base import Source
 
 if TYPE_CHECKING:
     from flowstream.checkpoints.base import CheckpointStore
+    from flowstream.leases import DynamoDBLeases
     from flowstream.report import RunReport
 
 __all__ = ["Pipeline", "When", "when"]
@@ -409,6 +410,7 @@ class Pipeline(Generic[T]):
         stop: anyio.Event | None = None,
         on_progress: Callable[[RunReport], object] | None = None,
         progress_interval: float = 10.0,
+        leases: DynamoDBLeases | None = None,
     ) -> RunReport:
         """Run the pipeline: one task per readable shard, children after parents.
 
@@ -421,6 +423,9 @@ class Pipeline(Generic[T]):
         Without `checkpoints`, progress is kept in memory for this run only.
         `on_progress(report)` (sync or async) is called every `progress_interval` seconds
         with the live report, e.g. to export metrics; what it raises is logged, not fatal.
+        With `leases=leases.dynamodb(table)`, every process running this pipeline with
+        that lease table shares the stream, each shard processed by one worker at a time;
+        the lease table holds the checkpoints (docs/scaling.md).
         """
         from flowstream.runtime.engine import run_pipeline
 
@@ -439,6 +444,8 @@ class Pipeline(Generic[T]):
                 f"run(progress_interval={progress_interval!r}) must be a finite positive "
                 "number of seconds, e.g. progress_interval=10"
             )
+        if leases is not None:
+            _check_leases(leases, checkpoints, drain, self._source)
         if checkpoints is not None and self._name is None:
             raise PipelineError(
                 f"run(checkpoints={checkpoints.describe()}) needs a pipeline name to key "
@@ -455,4 +462,32 @@ class Pipeline(Generic[T]):
             stop=stop,
             on_progress=on_progress,
             progress_interval=float(progress_interval),
+            leases=leases,
+        )
+
+
+def _check_leases(leases: object, checkpoints: object, drain: bool, source: Source) -> None:
+    from flowstream.leases import DynamoDBLeases
+    from flowstream.sources.base import PositionKind
+
+    if not isinstance(leases, DynamoDBLeases):
+        raise PipelineError(
+            f"run(leases=) got {type(leases).__name__}; pass leases.dynamodb(table)"
+        )
+    if checkpoints is not None:
+        raise PipelineError(
+            f"run() got both leases={leases.describe()} and checkpoints=; the lease table "
+            "holds the checkpoints (as the KCL's does): pass leases= alone"
+        )
+    if drain:
+        raise PipelineError(
+            f"run(drain=True) with leases={leases.describe()}: a drain reads what one "
+            "process holds, while leases share the stream among workers; run the workers "
+            "without drain=, or drain with checkpoints= in one process"
+        )
+    if source.start.kind not in (PositionKind.TRIM_HORIZON, PositionKind.LATEST):
+        raise PipelineError(
+            f"run(leases={leases.describe()}): the source starts at {source.start.kind.value}, "
+            "but a lease starts at TRIM_HORIZON or LATEST (the KCL's initial positions); "
+            "use start='trim_horizon' or start='latest'"
         )

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import msgspec
 
-__all__ = ["RunReport", "ShardReport", "ShardState", "SinkReport"]
+__all__ = ["LeaseReport", "RunReport", "ShardReport", "ShardState", "SinkReport"]
 
 
 class ShardState(enum.StrEnum):
@@ -23,6 +23,7 @@ class ShardState(enum.StrEnum):
     #                    next run resumes there
     INTERRUPTED = "interrupted"  # delivery was abandoned (at the end of the grace period, or
     #                              by a fatal error); resumes from its checkpoint
+    LOST = "lost"  # leases: another worker took its lease; it goes on from the checkpoint
 
 
 class ShardReport(msgspec.Struct):
@@ -54,6 +55,20 @@ class SinkReport(msgspec.Struct):
     batches: int = 0
 
 
+class LeaseReport(msgspec.Struct):
+    """What this worker did in the lease table (`run(leases=...)`): leases held now,
+    taken (free, expired or `stolen` from a busier worker), `lost` (taken by another
+    worker, or not renewed in time) and `released` when the run stopped."""
+
+    worker_id: str
+    table: str
+    held: int = 0
+    taken: int = 0
+    stolen: int = 0
+    lost: int = 0
+    released: int = 0
+
+
 class RunReport(msgspec.Struct):
     """The outcome of `Pipeline.run()`."""
 
@@ -64,6 +79,7 @@ class RunReport(msgspec.Struct):
     stop_reason: str = ""
     shards: dict[str, ShardReport] = msgspec.field(default_factory=dict)
     sinks: dict[str, SinkReport] = msgspec.field(default_factory=dict)
+    leases: LeaseReport | None = None
 
     @property
     def read(self) -> int:
@@ -121,6 +137,13 @@ class RunReport(msgspec.Struct):
             + ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
             + ")"
         )
+        if self.leases is not None:
+            lease = self.leases
+            lines.append(
+                f"  leases of worker {lease.worker_id} in {lease.table}: {lease.held} held; "
+                f"{lease.taken} taken ({lease.stolen} stolen), {lease.lost} lost, "
+                f"{lease.released} released"
+            )
         for shard in self.stopped_shards().values():
             lines.append(f"  stopped {shard.shard_id} at {shard.stopped_at}: {shard.error}")
         for sink in self.sinks.values():

@@ -18,6 +18,14 @@ async def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> No
             await anyio.sleep(0.002)
 
 
+async def eventually(condition: Callable[[], Awaitable[bool]], timeout: float = 20.0) -> None:
+    """Return once the async `condition()` holds (asked every 50 ms: it makes a call);
+    fail the test after `timeout` seconds."""
+    with anyio.fail_after(timeout):
+        while not await condition():
+            await anyio.sleep(0.05)
+
+
 @asynccontextmanager
 async def local_http(
     handler: Callable[[web.Request], Awaitable[web.StreamResponse]],

@@ -14,6 +14,7 @@ MODULES = [
     "flowstream.sinks",
     "flowstream.sources",
     "flowstream.checkpoints",
+    "flowstream.leases",
     "flowstream.testing",
 ]
 

@@ -20,14 +20,16 @@ from datetime import UTC, datetime
 import anyio
 from anyio.abc import TaskGroup
 
-from flowstream.checkpoints.base import SHARD_END, CheckpointStore
+from flowstream.checkpoints.base import SHARD_END, CheckpointSession, CheckpointStore
 from flowstream.checkpoints.memory import MemoryCheckpoints
 from flowstream.errors import ShardStoppedError
+from flowstream.leases import DynamoDBLeases
 from flowstream.plan import Plan
 from flowstream.policy import FailurePolicy
 from flowstream.report import RunReport, ShardState, SinkReport
 from flowstream.runtime.checkpointer import Checkpointer
 from flowstream.runtime.groups import first_error
+from flowstream.runtime.leasing import LeaseCoordinator
 from flowstream.runtime.scheduler import Scheduler
 from flowstream.sinks.base import checked_writer
 from flowstream.sources.base import Source
@@ -53,6 +55,7 @@ async def run_pipeline(
     policy: FailurePolicy | None = None,
     on_progress: Callable[[RunReport], object] | None = None,
     progress_interval: float = 10.0,
+    leases: DynamoDBLeases | None = None,
 ) -> RunReport:
     if policy is not None:
         plan = replace(plan, policy=policy)
@@ -67,6 +70,7 @@ async def run_pipeline(
         stop_event=stop,
         on_progress=on_progress,
         progress_interval=progress_interval,
+        leases=leases,
     )
     async with anyio.create_task_group() as tg:
         tg.start_soon(engine.main)
@@ -110,8 +114,10 @@ class _Engine:
         stop_event: anyio.Event | None,
         on_progress: Callable[[RunReport], object] | None = None,
         progress_interval: float = 10.0,
+        leases: DynamoDBLeases | None = None,
     ) -> None:
         self.plan = plan
+        self.leases = leases
         self.source = source
         self.store = store
         self.drain = drain
@@ -181,9 +187,18 @@ class _Engine:
             with self._setup:
                 session = await stack.enter_async_context(self.source.open())
                 report.stream = session.stream_id
-                store = await stack.enter_async_context(
-                    self.store.open(report.pipeline, session.stream_id)
-                )
+                coordinator: LeaseCoordinator | None = None
+                if self.leases is not None:
+                    table = await stack.enter_async_context(self.leases.open())
+                    coordinator = LeaseCoordinator(self.leases, table, report, self.source.start)
+                    store: CheckpointSession = coordinator.checkpoints()
+                    flush_interval, flush_records = self.leases.flush_interval, None
+                else:
+                    store = await stack.enter_async_context(
+                        self.store.open(report.pipeline, session.stream_id)
+                    )
+                    flush_interval = self.store.flush_interval
+                    flush_records = self.store.flush_records
                 sinks = self.plan.all_sinks
                 writers = [
                     checked_writer(s, await stack.enter_async_context(s.open())) for s in sinks
@@ -196,9 +211,7 @@ class _Engine:
                 positions = await store.load()
             if self._setup.cancelled_caught:
                 return  # stopped before anything was read: nothing to finish or write
-            checkpointer = Checkpointer(
-                store, self.store.flush_interval, report, self.store.flush_records
-            )
+            checkpointer = Checkpointer(store, flush_interval, report, flush_records)
             scheduler = Scheduler(
                 session,
                 self.plan,
@@ -209,11 +222,14 @@ class _Engine:
                 positions,
                 start=self.source.start,
                 drain_cut=started if self.drain else None,
+                leases=coordinator,
             )
             self._scheduler = scheduler
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 tg.start_soon(checkpointer.run)
+                if coordinator is not None:
+                    tg.start_soon(coordinator.run)
                 if self.on_progress is not None:
                     tg.start_soon(self._report_progress, self.on_progress)
                 if self._stop_reason is not None:
@@ -234,6 +250,10 @@ class _Engine:
                             report.pipeline,
                             _FINAL_FLUSH_TIMEOUT,
                         )
+                    if coordinator is not None:
+                        # Peers take the leases in their next round, not after they expire.
+                        with anyio.move_on_after(_FINAL_FLUSH_TIMEOUT, shield=True):
+                            await coordinator.release_all()
                     _settle_states(report)
             if not report.stop_reason:
                 report.stop_reason = "drained" if self.drain else "finished"

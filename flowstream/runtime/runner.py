@@ -10,7 +10,7 @@ prefix of a page) that every sink acknowledged.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -99,6 +99,9 @@ class ShardRunner:
     drain_cut: datetime | None
     pipeline: str = ""
     stream: str = ""
+    #: With leases: True while this worker still holds the shard's lease. Asked before
+    #: each delivery, so a lease that lapsed (a paused process) sends nothing more.
+    holds: Callable[[], bool] | None = None
     _polling: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     _stopping: bool = False
     # Made by the first wait to retry: an idle shard (most of 1,000) never needs one.
@@ -273,6 +276,8 @@ class ShardRunner:
         async for work in receive:
             if self._stopping:
                 break  # left unacknowledged: the next run reads it again
+            if self.holds is not None and not self.holds():
+                return ShardState.LOST  # its new holder reads it again
             if work.stop is not None:
                 return self._stopped(work.records, work.stop, 1)
             stop, letters = await self._deliver(work)

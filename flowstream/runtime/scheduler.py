@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import TaskGroup
@@ -31,6 +32,9 @@ from flowstream.sources.base import (
     Shard,
     StreamSession,
 )
+
+if TYPE_CHECKING:
+    from flowstream.runtime.leasing import LeaseCoordinator
 
 __all__ = ["Scheduler"]
 
@@ -55,6 +59,7 @@ class Scheduler:
         *,
         start: Position,
         drain_cut: datetime | None,
+        leases: LeaseCoordinator | None = None,
     ) -> None:
         self._session = session
         self._plan = plan
@@ -76,6 +81,13 @@ class Scheduler:
         self._stopping = False
         self._hard = anyio.CancelScope()
         self._discovery: anyio.CancelScope | None = None
+        # With leases, the shards run are the leases held; a lost one is cancelled at once.
+        self._leases = leases
+        self._scopes: dict[str, anyio.CancelScope] = {}
+        self._lost: set[str] = set()
+        if leases is not None:
+            leases.on_change = self._changed_now
+            leases.on_lost = self.lose
 
     # -- control --------------------------------------------------------------------------
 
@@ -91,6 +103,17 @@ class Scheduler:
     def abandon(self) -> None:
         """Cancel every runner now (the grace period is over)."""
         self._hard.cancel()
+
+    def lose(self, shard_id: str) -> None:
+        """The lease of `shard_id` is lost: cancel its runner now, so that nothing more
+        of it is sent (its new holder goes on from the checkpoint)."""
+        scope = self._scopes.get(shard_id)
+        if scope is not None:
+            self._lost.add(shard_id)
+            scope.cancel()
+
+    def _changed_now(self) -> None:
+        self._changed.set()
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -108,6 +131,8 @@ class Scheduler:
                             shards = await self._session.list_shards()
                             self._update(shards, first)
                             first = False
+                            if self._leases is not None:
+                                await self._leases.sync(shards)
                     self._discovery = None
                     if self._stopping:
                         break
@@ -120,7 +145,7 @@ class Scheduler:
         # Called with no runner left: only a discovery still to make can start another
         # shard. Draining, or with a finite source, the run is done without one; shards
         # still pending then wait for a parent that stopped and never become readable.
-        if self._drain or self._session.finite:
+        if self._leases is None and (self._drain or self._session.finite):
             return not self._relist and not self._ended
         return False
 
@@ -159,6 +184,8 @@ class Scheduler:
                 self._relist = True
                 return
             self._update(children, first=False)
+            if self._leases is not None:
+                await self._leases.children_found(shard_id, children)
 
     def _update(self, shards: Sequence[Shard], first: bool) -> None:
         for shard in shards:
@@ -167,6 +194,8 @@ class Scheduler:
                     self._known[shard.shard_id] = shard
                 continue
             self._known[shard.shard_id] = shard
+            if self._leases is not None:
+                continue  # reported once held: the shards of other workers are theirs
             stats = ShardReport(shard.shard_id, shard.parent_shard_id)
             self._report.shards[shard.shard_id] = stats
             saved = self._positions.get(shard.shard_id)
@@ -191,11 +220,20 @@ class Scheduler:
     def _start_ready(self, tg: TaskGroup) -> None:
         if self._stopping:
             return
+        if self._leases is not None:
+            for shard_id in self._leases.held():
+                if shard_id not in self._runners and self._leases.position(shard_id):
+                    self._launch(tg, self._known.get(shard_id) or self._leases.shard(shard_id))
+            return
         for shard in self._known.values():
             if self._ready(shard):
                 self._launch(tg, shard)
 
     def _position(self, shard: Shard) -> Position:
+        if self._leases is not None:
+            position = self._leases.position(shard.shard_id)
+            assert position is not None, "only held, unfinished leases are launched"
+            return position
         saved = self._positions.get(shard.shard_id)
         if saved is not None:
             return Position.after(saved)
@@ -211,7 +249,10 @@ class Scheduler:
         return start
 
     def _launch(self, tg: TaskGroup, shard: Shard) -> None:
-        stats = self._report.shards[shard.shard_id]
+        stats = self._report.shards.get(shard.shard_id)
+        if stats is None:
+            stats = ShardReport(shard.shard_id, shard.parent_shard_id)
+            self._report.shards[shard.shard_id] = stats
         try:
             reader = self._session.reader(shard, self._position(shard))
         except Exception as exc:
@@ -234,15 +275,25 @@ class Scheduler:
             self._drain_cut,
             pipeline=self._report.pipeline,
             stream=self._report.stream,
+            holds=None if self._leases is None else self._holder(shard.shard_id),
         )
         self._runners[shard.shard_id] = runner
         tg.start_soon(self._run_runner, runner)
 
+    def _holder(self, shard_id: str) -> Callable[[], bool]:
+        leases = self._leases
+        assert leases is not None
+        return lambda: leases.holds(shard_id)
+
     async def _run_runner(self, runner: ShardRunner) -> None:
         shard_id = runner.shard.shard_id
         stats = self._report.shards[shard_id]
+        scope = self._scopes[shard_id] = anyio.CancelScope()
         try:
-            stats.state = await runner.run()
+            with scope:
+                stats.state = await runner.run()
+            if scope.cancelled_caught or shard_id in self._lost:
+                stats.state = ShardState.LOST
         except Exception as group:
             exc = first_error(group)
             if isinstance(exc, CheckpointError | StreamNotFoundError):
@@ -253,6 +304,8 @@ class Scheduler:
             logger.error("shard %s failed: %s", shard_id, stats.error, exc_info=exc)
         finally:
             del self._runners[shard_id]
+            del self._scopes[shard_id]
+            self._lost.discard(shard_id)
             with anyio.CancelScope(shield=True):
                 await runner.reader.aclose()
         if stats.state is ShardState.ENDED:
