@@ -37,6 +37,8 @@ __all__ = ["LeaseTable"]
 
 _REFUSED: Final = "ConditionalCheckFailedException"
 _HELD: Final = "#counter = :counter AND #owner = :owner"
+#: Writes of a holder that find the counter moved by its own unseen writes.
+_ATTEMPTS: Final = 3
 
 
 class LeaseTable:
@@ -111,7 +113,7 @@ class LeaseTable:
             names,
             values,
             doing=f"cannot take the lease of {lease.key!r}",
-            done=lambda now: now.owner == owner and now.counter == lease.counter + 1,
+            done=lambda now, base: now.owner == owner and now.counter == base.counter + 1,
         )
 
     async def renew(self, lease: Lease) -> Lease | None:
@@ -123,7 +125,8 @@ class LeaseTable:
             {"#counter": COUNTER, "#owner": OWNER},
             _held_values(lease),
             doing=f"cannot renew the lease of {lease.key!r}",
-            done=lambda now: now.owner == lease.owner and now.counter == lease.counter + 1,
+            done=lambda now, base: now.owner == base.owner and now.counter == base.counter + 1,
+            holder=True,
         )
 
     async def checkpoint(
@@ -156,11 +159,12 @@ class LeaseTable:
             names,
             values,
             doing=f"cannot save the checkpoint of shard {lease.key!r}",
-            done=lambda now: (
-                now.owner == lease.owner
-                and now.counter == lease.counter + 1
+            done=lambda now, base: (
+                now.owner == base.owner
+                and now.counter == base.counter + 1
                 and now.checkpoint == position
             ),
+            holder=True,
         )
 
     async def release(self, lease: Lease) -> Lease | None:
@@ -173,7 +177,8 @@ class LeaseTable:
             {"#counter": COUNTER, "#owner": OWNER},
             _held_values(lease),
             doing=f"cannot release the lease of {lease.key!r}",
-            done=lambda now: now.owner is None and now.counter == lease.counter + 1,
+            done=lambda now, base: now.owner is None and now.counter == base.counter + 1,
+            holder=True,
         )
 
     async def add_children(self, key: str, children: Sequence[str]) -> None:
@@ -215,24 +220,41 @@ class LeaseTable:
         values: dict[str, Any],
         *,
         doing: str,
-        done: Callable[[Lease], bool],
+        done: Callable[[Lease, Lease], bool],
+        holder: bool = False,
     ) -> Lease | None:
-        params = {
-            "TableName": self.name,
-            "Key": _key(lease.key),
-            "UpdateExpression": update,
-            "ConditionExpression": condition,
-            "ExpressionAttributeNames": names,
-            "ExpressionAttributeValues": values,
-            "ReturnValues": "ALL_NEW",
-        }
-        try:
-            response = await self._run("update_item", params, doing)
-        except _Refused:
-            # Refused: changed by another worker, or our own retried write went through.
-            now = await self.get(lease.key)
-            return now if now is not None and done(now) else None
-        return from_item(response["Attributes"], table=self.name)
+        """One conditional write; the lease as written, or None when refused.
+
+        A refused write is read back: it may be our own retried write that went through
+        the first time (`done`). A holder's write may also find the counter moved by an
+        earlier write of its own whose answer it never saw (a call cut off by a stop);
+        while the holder is still the owner, nobody else moved it: the write is made
+        again on the counter found."""
+        for _ in range(_ATTEMPTS):
+            params = {
+                "TableName": self.name,
+                "Key": _key(lease.key),
+                "UpdateExpression": update,
+                "ConditionExpression": condition,
+                "ExpressionAttributeNames": names,
+                "ExpressionAttributeValues": values,
+                "ReturnValues": "ALL_NEW",
+            }
+            try:
+                response = await self._run("update_item", params, doing)
+            except _Refused:
+                now = await self.get(lease.key)
+                if now is None:
+                    return None
+                if done(now, lease):
+                    return now
+                if holder and now.owner == lease.owner and now.counter > lease.counter:
+                    lease = now
+                    values = {**values, **_held_values(now)}
+                    continue
+                return None
+            return from_item(response["Attributes"], table=self.name)
+        return None
 
     async def _run(self, operation: str, params: dict[str, Any], doing: str) -> Any:
         """One call, retried within the table's timeout; a refused condition raises

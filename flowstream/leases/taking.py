@@ -46,6 +46,16 @@ class LeaseClock:
         for key in self._seen.keys() - present:  # deleted leases
             del self._seen[key]
 
+    def next_expiry(self, leases: Iterable[Lease]) -> float | None:
+        """When the first of the owned `leases` expires unless its counter moves: a
+        taker looks again then, instead of up to a round later."""
+        times = [
+            seen[1] + self.failover_time
+            for lease in leases
+            if lease.owner is not None and (seen := self._seen.get(lease.key)) is not None
+        ]
+        return min(times, default=None)
+
     def expired(self, lease: Lease, now: float) -> bool:
         """True when `lease` has an owner whose counter has not moved for the failover
         time (the owner is gone, paused or cut off)."""
@@ -57,15 +67,19 @@ class LeaseClock:
 
 @dataclass(frozen=True, slots=True)
 class Takes:
-    """What a round takes: free or expired leases, and at most one stolen."""
+    """What a round takes: `needed` of the free or expired leases (`free` lists them
+    all, in the order to try: when another worker is quicker to one, the next is taken
+    instead), or at most one lease stolen."""
 
     free: list[Lease] = field(default_factory=list)
     stolen: list[Lease] = field(default_factory=list)
     target: int = 0
+    needed: int = 0
 
     @property
     def leases(self) -> list[Lease]:
-        return [*self.free, *self.stolen]
+        """The leases to take if no other worker takes one first."""
+        return [*self.free[: self.needed], *self.stolen]
 
 
 def ready_leases(leases: Sequence[Lease]) -> list[Lease]:
@@ -94,13 +108,18 @@ def choose(
         return Takes()
     held: dict[str, list[Lease]] = {}
     available: list[Lease] = []
+    gone: set[str] = set()  # owners with an expired lease: crashed, paused or cut off
     for lease in ready:
         if lease.owner is None or clock.expired(lease, now):
             if lease.owner != me:
                 available.append(lease)
+            if lease.owner is not None:
+                gone.add(lease.owner)
         else:
             held.setdefault(lease.owner, []).append(lease)
-    workers = len(held.keys() | {me})
+    # A worker that let a lease expire is not counted: its other leases follow soon, and
+    # the others' targets make room for them at once instead of one round at a time.
+    workers = len((held.keys() - gone) | {me})
     target = math.ceil(len(ready) / workers)
     mine = len(held.get(me, ()))
     needed = target - mine
@@ -110,7 +129,7 @@ def choose(
         rng.shuffle(available)
         # Expired leases of a gone worker first: their shards stand still now.
         available.sort(key=lambda lease: lease.owner is None)
-        return Takes(free=available[:needed], target=target)
+        return Takes(free=available, target=target, needed=needed)
     loads = {owner: len(owned) for owner, owned in held.items() if owner != me}
     if not loads:
         return Takes(target=target)
@@ -118,4 +137,4 @@ def choose(
     if most < mine + 2:
         return Takes(target=target)  # a steal would only move the imbalance
     victim = rng.choice(sorted(owner for owner, load in loads.items() if load == most))
-    return Takes(stolen=[rng.choice(held[victim])], target=target)
+    return Takes(stolen=[rng.choice(held[victim])], target=target, needed=1)

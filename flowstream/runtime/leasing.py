@@ -123,7 +123,15 @@ class LeaseCoordinator:
                 await self.take_round()
             except CheckpointError as exc:
                 logger.warning("lease table %s: taking round failed: %s", self.table.name, exc)
-            with anyio.move_on_after(self.config.renew_interval):
+            # The next round comes after the interval, or when a peer's lease would
+            # expire if it is not renewed by then (a crashed worker's shards move as
+            # soon as they may), or when something here changed.
+            wait = self.config.renew_interval
+            others = [lease for lease in self._view.values() if lease.owner != self.me]
+            expiry = self._clock.next_expiry(others)
+            if expiry is not None:
+                wait = min(wait, max(0.0, expiry - anyio.current_time()) + 0.01)
+            with anyio.move_on_after(wait):
                 await self._wake.wait()
             self._wake = anyio.Event()
 
@@ -134,12 +142,24 @@ class LeaseCoordinator:
 
     async def take_round(self) -> None:
         """Scan, note what moved, clean up, and take what this worker should."""
+        began = anyio.current_time()
         leases = await self.table.scan()
         now = anyio.current_time()
+        logger.debug("lease table %s: scanned in %.3fs", self.table.name, now - began)
         self._view = {lease.key: lease for lease in leases}
         self._clock.observe(leases, now)
         await self._clean_up(leases, now)
         takes = choose(leases, self.me, self._clock, now, self._rng)
+        logger.debug(
+            "lease table %s: %d leases, %d held, target %d: %d to take of %d free, %d to steal",
+            self.table.name,
+            len(leases),
+            len(self._held),
+            takes.target,
+            takes.needed,
+            len(takes.free),
+            len(takes.stolen),
+        )
         taken = False
         for lease in takes.leases:
             if lease.key in self._held:

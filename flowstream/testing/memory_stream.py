@@ -282,6 +282,10 @@ class MemoryStream(Source):
     def parent_of(self, shard_id: str) -> str | None:
         return self._shard(shard_id).parent
 
+    def is_closed(self, shard_id: str) -> bool:
+        """True once the shard is closed (split, rolled over or closed)."""
+        return self._shard(shard_id).closed
+
     # -- Source ---------------------------------------------------------------------------
 
     def describe(self) -> str:

@@ -292,6 +292,21 @@ class TestFaults:
         assert renewed is not None
         assert renewed.counter == held.counter + 1
 
+    async def test_a_checkpoint_after_an_unseen_write_of_its_own_still_goes_through(
+        self, proxied: tuple[LeaseTable, DynamoProxy], moto_url: str
+    ) -> None:
+        """A renewal cut off by a stop landed, unseen: the counter moved, the owner is
+        still this worker, so the final checkpoint is written on the counter found."""
+        table, _ = proxied
+        await table.create(Lease(SHARD))
+        (free,) = await table.scan()
+        held = await table.take(free, "w1")
+        assert held is not None
+        put_items(moto_url, {**to_item(held), "leaseCounter": {"N": str(held.counter + 1)}})
+        saved = await table.checkpoint(held, SEQ)
+        assert saved is not None
+        assert (saved.checkpoint, saved.counter, saved.owner) == (SEQ, held.counter + 2, "w1")
+
     async def test_a_refused_condition_with_another_owner_is_a_loss(
         self, proxied: tuple[LeaseTable, DynamoProxy]
     ) -> None:
