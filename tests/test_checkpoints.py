@@ -17,6 +17,7 @@ import pytest
 from flowstream.checkpoints.base import SHARD_END, CheckpointStore
 from flowstream.checkpoints.memory import MemoryCheckpoints, memory
 from flowstream.checkpoints.sqlite import SqliteCheckpoints, sqlite
+from flowstream.checkpoints.sqlite import _save as save_rows
 from flowstream.errors import CheckpointError
 
 SHARD_A = "shardId-00000001700000000000-aaaaaaaa"
@@ -174,11 +175,14 @@ class TestSession:
             await session.save({SHARD_A: SEQ_2})
         assert await load(store) == {SHARD_A: SEQ_1}
 
-    async def test_two_sessions_open_at_once(self, store: CheckpointStore) -> None:
-        async with store.open("p", STREAM) as first, store.open("p", STREAM) as second:
+    async def test_two_pipelines_open_at_once_keep_their_own(self, store: CheckpointStore) -> None:
+        # (two sessions of one pipeline at once: refused by the durable stores,
+        # tests/test_checkpoint_claims.py)
+        async with store.open("p", STREAM) as first, store.open("q", STREAM) as second:
             await first.save({SHARD_A: SEQ_2})
             await second.save({SHARD_A: SEQ_1, SHARD_B: SEQ_1})
-            assert await first.load() == {SHARD_A: SEQ_2, SHARD_B: SEQ_1}
+            assert await first.load() == {SHARD_A: SEQ_2}
+            assert await second.load() == {SHARD_A: SEQ_1, SHARD_B: SEQ_1}
 
 
 class TestMemory:
@@ -265,23 +269,34 @@ class TestSqlite:
         # process with a stale view) cannot move a position backwards either.
         path = tmp_path / "state.db"
         await save(sqlite(path), {SHARD_A: SEQ_2})
-        async with (
-            sqlite(path).open("p", STREAM) as first,
-            sqlite(path).open("p", STREAM) as second,
-        ):
+        async with sqlite(path).open("p", STREAM) as first:
             await first.save({SHARD_A: SHARD_END})
-            await second.save({SHARD_A: SEQ_3})
-            assert await second.load() == {SHARD_A: SHARD_END}
+            other = sqlite3.connect(path, isolation_level=None)
+            try:
+                save_rows(other, [("p", STREAM, SHARD_A, SEQ_3)])
+            finally:
+                other.close()
+            assert await first.load() == {SHARD_A: SHARD_END}
 
     async def test_concurrent_writers_end_at_the_highest(self, tmp_path: Path) -> None:
         path = tmp_path / "state.db"
         numbers = [str(10**20 + n) for n in range(60)]
         random.Random(7).shuffle(numbers)
 
-        async def writer(positions: list[str]) -> None:
-            async with sqlite(path).open("p", STREAM) as session:
+        await save(sqlite(path), {})  # creates the database
+
+        def write(positions: list[str]) -> None:
+            # a connection of its own each, as two processes would have
+            conn = sqlite3.connect(path, isolation_level=None, timeout=10)
+            try:
                 for position in positions:
-                    await session.save({SHARD_A: position, SHARD_B: position})
+                    rows = [("p", STREAM, shard, position) for shard in (SHARD_A, SHARD_B)]
+                    save_rows(conn, rows)
+            finally:
+                conn.close()
+
+        async def writer(positions: list[str]) -> None:
+            await anyio.to_thread.run_sync(write, positions)
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(writer, numbers[::2])
@@ -304,12 +319,13 @@ class TestSqlite:
     async def test_load_goes_on_while_another_connection_writes(self, tmp_path: Path) -> None:
         path = tmp_path / "state.db"
         await save(sqlite(path), {SHARD_A: SEQ_1})
-        writer = sqlite3.connect(path, isolation_level=None)
-        try:
-            writer.execute("BEGIN IMMEDIATE")
-            assert await load(sqlite(path, timeout=0)) == {SHARD_A: SEQ_1}
-        finally:
-            writer.close()
+        async with sqlite(path, timeout=0).open("p", STREAM) as session:
+            writer = sqlite3.connect(path, isolation_level=None)
+            try:
+                writer.execute("BEGIN IMMEDIATE")
+                assert await session.load() == {SHARD_A: SEQ_1}
+            finally:
+                writer.close()
 
     async def test_save_fails_when_locked_past_timeout(self, tmp_path: Path) -> None:
         path = tmp_path / "state.db"

@@ -101,6 +101,13 @@ class CheckpointSession(ABC):
         ahead of the stored one is ignored, so a checkpoint never moves backwards.
         Raises `CheckpointError` when the store cannot record them."""
 
+    #: Seconds between `heartbeat()` calls the runtime makes; None: it makes none.
+    heartbeat_interval: float | None = None
+
+    async def heartbeat(self) -> None:  # noqa: B027 - an optional hook
+        """Renew this run's claim on the pipeline's checkpoints (stores that keep one,
+        `checkpoints.owner`). Raises `CheckpointError` when another process took it."""
+
 
 class CheckpointStore(ABC):
     """A place to keep checkpoints, keyed by pipeline name, stream and shard."""

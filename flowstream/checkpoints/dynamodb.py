@@ -14,7 +14,9 @@ digits, or ``SHARD_END``, which sorts after every digit.
 
 from __future__ import annotations
 
+import contextlib
 import re
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
@@ -34,6 +36,7 @@ from flowstream.checkpoints.base import (
     check_seconds,
     is_position,
 )
+from flowstream.checkpoints.owner import HEARTBEAT, Claim, claim_error, lost_error, may_take
 from flowstream.errors import CheckpointError
 from flowstream.state_table import Retry, StateTable, TableSpec
 
@@ -53,6 +56,9 @@ _MAX_SORT_KEY_BYTES: Final = 1024
 #: Digits of the longest position `position_order` can sort (three-digit count).
 _MAX_DIGITS: Final = 999
 _TABLE_NAME: Final = re.compile(r"[A-Za-z0-9_.-]{3,255}")
+#: The sort key of the item that says which process runs the pipeline (no shard id has
+#: a '#').
+_OWNER_SORT_KEY: Final = "#owner"
 
 # Every save is one conditional update per shard; the position moves only forward, and
 # SHARD_END (which sorts after every "NNN:digits") is final. A missing position_order
@@ -120,11 +126,14 @@ class DynamoDBCheckpoints(CheckpointStore):
                 raise table.error("cannot open the checkpoint table", exc) from None
             table = StateTable(self._spec(), client)
             await table.ensure()
-            session = _DynamoDBSession(self, table, key)
+            session = _DynamoDBSession(self, table, key, pipeline)
+            await session.claim()
             try:
                 yield session
             finally:
                 session.closed = True
+                with anyio.CancelScope(shield=True):
+                    await session.release()
 
     def _spec(self) -> TableSpec:
         return TableSpec(
@@ -142,11 +151,111 @@ class DynamoDBCheckpoints(CheckpointStore):
 
 @final
 class _DynamoDBSession(CheckpointSession):
-    def __init__(self, store: DynamoDBCheckpoints, table: StateTable, key: str) -> None:
+    def __init__(
+        self, store: DynamoDBCheckpoints, table: StateTable, key: str, pipeline: str
+    ) -> None:
         self._store = store
         self._table = table
         self._key = key
+        self._pipeline = pipeline
+        self._claim = Claim.mine()
         self.closed = False
+        self.heartbeat_interval = HEARTBEAT
+
+    # -- the claim (checkpoints/owner.py): an item beside the positions ------------------
+
+    def _owner_key(self) -> dict[str, Any]:
+        return {PARTITION_KEY: {"S": self._key}, SORT_KEY: {"S": _OWNER_SORT_KEY}}
+
+    async def claim(self) -> None:
+        """Claim the pipeline's checkpoints for this run, or refuse: another live
+        process runs it."""
+        me = self._claim
+        for _ in range(2):  # once more if another process claimed between read and write
+            item = await self._owner_call(
+                "get_item",
+                {"TableName": self._store.table, "Key": self._owner_key(), "ConsistentRead": True},
+                "cannot read the claim",
+                "GetItem",
+            )
+            existing = _claim_of(item.get("Item"))
+            now = time.time()
+            if not may_take(existing, me, now):
+                assert existing is not None
+                raise claim_error(self._store.describe(), self._pipeline, existing, now)
+            params: dict[str, Any] = {
+                "TableName": self._store.table,
+                "Item": {
+                    **self._owner_key(),
+                    "owner": {"S": me.owner},
+                    "host": {"S": me.host},
+                    "pid": {"N": str(me.pid)},
+                    "heartbeat": {"N": f"{now:.3f}"},
+                },
+            }
+            if existing is None:
+                params["ConditionExpression"] = "attribute_not_exists(#owner)"
+                params["ExpressionAttributeNames"] = {"#owner": "owner"}
+            else:
+                params["ConditionExpression"] = "#owner = :owner AND #heartbeat = :heartbeat"
+                params["ExpressionAttributeNames"] = {"#owner": "owner", "#heartbeat": "heartbeat"}
+                params["ExpressionAttributeValues"] = {
+                    ":owner": {"S": existing.owner},
+                    ":heartbeat": item["Item"]["heartbeat"],
+                }
+            try:
+                await self._owner_call(
+                    "put_item", params, "cannot claim the checkpoints", "PutItem"
+                )
+            except _ClaimRefused:
+                continue
+            return
+        raise CheckpointError(
+            f"{self._store.describe()}: pipeline {self._pipeline!r}: another process claimed "
+            "these checkpoints at the same moment; only one process may run a pipeline on "
+            "one store (use run(leases=...) for several, docs/scaling.md)"
+        )
+
+    async def heartbeat(self) -> None:
+        params = {
+            "TableName": self._store.table,
+            "Key": self._owner_key(),
+            "UpdateExpression": "SET #heartbeat = :now",
+            "ConditionExpression": "#owner = :me",
+            "ExpressionAttributeNames": {"#owner": "owner", "#heartbeat": "heartbeat"},
+            "ExpressionAttributeValues": {
+                ":now": {"N": f"{time.time():.3f}"},
+                ":me": {"S": self._claim.owner},
+            },
+        }
+        try:
+            await self._owner_call("update_item", params, "cannot renew the claim", "UpdateItem")
+        except _ClaimRefused:
+            raise lost_error(self._store.describe(), self._pipeline) from None
+
+    async def release(self) -> None:
+        params = {
+            "TableName": self._store.table,
+            "Key": self._owner_key(),
+            "ConditionExpression": "#owner = :me",
+            "ExpressionAttributeNames": {"#owner": "owner"},
+            "ExpressionAttributeValues": {":me": {"S": self._claim.owner}},
+        }
+        with contextlib.suppress(_ClaimRefused, CheckpointError):  # it goes stale by itself
+            await self._owner_call("delete_item", params, "cannot release the claim", "DeleteItem")
+
+    async def _owner_call(
+        self, operation: str, params: dict[str, Any], doing: str, action: str
+    ) -> Any:
+        retry = Retry()
+        with anyio.move_on_after(self._store.timeout):
+            try:
+                return await self._table.call(operation, params, retry)
+            except Exception as exc:
+                if error_code(exc) == "ConditionalCheckFailedException":
+                    raise _ClaimRefused from None
+                raise self._table.error(doing, exc, action=action) from None
+        raise self._table.timed_out(doing, retry.last)
 
     async def load(self) -> dict[str, str]:
         self._check_open()
@@ -265,6 +374,21 @@ class _DynamoDBSession(CheckpointSession):
             )
 
 
+class _ClaimRefused(Exception):
+    """The claim item's condition did not hold."""
+
+
+def _claim_of(item: dict[str, Any] | None) -> Claim | None:
+    if item is None or "owner" not in item:
+        return None
+    return Claim(
+        item["owner"]["S"],
+        item.get("host", {}).get("S", ""),
+        int(item.get("pid", {}).get("N", "0")),
+        float(item.get("heartbeat", {}).get("N", "0")),
+    )
+
+
 def partition_key(pipeline: str, stream_id: str) -> str:
     """The ``pipeline_stream`` value of a pipeline's checkpoints on a stream:
     ``<pipeline>#<stream id>``, with ``%`` and ``#`` in the pipeline name written as
@@ -308,7 +432,9 @@ def dynamodb(
     `CheckpointError`. AWS settings come from the standard chain,
     `AWS_ENDPOINT_URL(_DYNAMODB)`, or `endpoint_url=`, `region=` and an aiobotocore
     `session=`. Needs ``dynamodb:DescribeTable``, ``dynamodb:Query``,
-    ``dynamodb:UpdateItem`` and, with `create=True`, ``dynamodb:CreateTable``.
+    ``dynamodb:UpdateItem``, ``dynamodb:GetItem``, ``dynamodb:PutItem``,
+    ``dynamodb:DeleteItem`` (the run's claim on the pipeline, checkpoints/owner.py) and,
+    with `create=True`, ``dynamodb:CreateTable``.
     """
     name = f"checkpoints.dynamodb({table!r})"
     if not isinstance(table, str) or not _TABLE_NAME.fullmatch(table):

@@ -7,6 +7,7 @@ for every connection to the file, including other processes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import time
@@ -26,6 +27,7 @@ from flowstream.checkpoints.base import (
     check_position,
     check_seconds,
 )
+from flowstream.checkpoints.owner import HEARTBEAT, Claim, claim_error, lost_error, may_take
 from flowstream.errors import CheckpointError
 
 __all__ = ["SqliteCheckpoints", "sqlite"]
@@ -46,6 +48,20 @@ CREATE TABLE IF NOT EXISTS {_TABLE} (
 """
 
 _LOAD: Final = f"SELECT shard, position FROM {_TABLE} WHERE pipeline = ? AND stream = ?"
+
+# Which process runs a pipeline on this file now (checkpoints/owner.py).
+_OWNERS: Final = "flowstream_owners"
+_CREATE_OWNERS: Final = f"""
+CREATE TABLE IF NOT EXISTS {_OWNERS} (
+    pipeline  TEXT NOT NULL,
+    stream    TEXT NOT NULL,
+    owner     TEXT NOT NULL,
+    host      TEXT NOT NULL,
+    pid       INTEGER NOT NULL,
+    heartbeat REAL NOT NULL,  -- seconds since the epoch
+    PRIMARY KEY (pipeline, stream)
+) WITHOUT ROWID
+"""
 
 # Sequence numbers have no leading zeros, so a longer one is larger and two of the same
 # length compare as text; SHARD_END is past every sequence number and final. Keeping
@@ -96,6 +112,7 @@ class SqliteCheckpoints(CheckpointStore):
         conn = await anyio.to_thread.run_sync(self._connect, limiter=limiter)
         session = _SqliteSession(self, conn, limiter, pipeline, stream_id)
         try:
+            await session.claim()
             yield session
         finally:
             # Close even when the run is being cancelled: a half-open connection would
@@ -152,6 +169,7 @@ class SqliteCheckpoints(CheckpointStore):
                 )
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute(_CREATE)
+            conn.execute(_CREATE_OWNERS)
         except BaseException as exc:
             if conn is not None:
                 conn.close()
@@ -213,6 +231,61 @@ class _SqliteSession(CheckpointSession):
         self._limiter = limiter
         self._pipeline = pipeline
         self._stream_id = stream_id
+        self._claim = Claim.mine()
+        self._claimed = False
+        self.heartbeat_interval = HEARTBEAT
+
+    async def claim(self) -> None:
+        """Claim the pipeline's checkpoints for this run, or refuse: another live
+        process runs it (checkpoints/owner.py)."""
+        held = await self._run(self._take_claim, "cannot claim the checkpoints")
+        if held is not None:
+            raise claim_error(self._store.describe(), self._pipeline, held, time.time())
+        self._claimed = True
+
+    async def heartbeat(self) -> None:
+        renewed = await self._run(self._renew_claim, "cannot renew the claim")
+        if not renewed:
+            self._claimed = False
+            raise lost_error(self._store.describe(), self._pipeline)
+
+    def _take_claim(self, conn: sqlite3.Connection) -> Claim | None:
+        me = self._claim
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute(
+                f"SELECT owner, host, pid, heartbeat FROM {_OWNERS} "
+                "WHERE pipeline = ? AND stream = ?",
+                (self._pipeline, self._stream_id),
+            ).fetchone()
+            existing = None if row is None else Claim(*row)
+            now = time.time()
+            if not may_take(existing, me, now):
+                conn.execute("ROLLBACK")
+                return existing
+            conn.execute(
+                f"INSERT OR REPLACE INTO {_OWNERS} VALUES (?, ?, ?, ?, ?, ?)",
+                (self._pipeline, self._stream_id, me.owner, me.host, me.pid, now),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return None
+
+    def _renew_claim(self, conn: sqlite3.Connection) -> bool:
+        cursor = conn.execute(
+            f"UPDATE {_OWNERS} SET heartbeat = ? WHERE pipeline = ? AND stream = ? AND owner = ?",
+            (time.time(), self._pipeline, self._stream_id, self._claim.owner),
+        )
+        return cursor.rowcount == 1
+
+    def _release_claim(self, conn: sqlite3.Connection) -> None:
+        conn.execute(
+            f"DELETE FROM {_OWNERS} WHERE pipeline = ? AND stream = ? AND owner = ?",
+            (self._pipeline, self._stream_id, self._claim.owner),
+        )
 
     async def load(self) -> dict[str, str]:
         return await self._run(self._load, "cannot load checkpoints")
@@ -226,6 +299,10 @@ class _SqliteSession(CheckpointSession):
             await self._run(lambda conn: _save(conn, rows), "cannot save checkpoints")
 
     async def aclose(self) -> None:
+        if self._claimed:
+            self._claimed = False
+            with contextlib.suppress(CheckpointError):  # it goes stale by itself
+                await self._run(self._release_claim, "cannot release the claim")
         conn, self._conn = self._conn, None
         if conn is not None:
             await anyio.to_thread.run_sync(conn.close, limiter=self._limiter)

@@ -230,6 +230,8 @@ class _Engine:
                 tg.start_soon(checkpointer.run)
                 if coordinator is not None:
                     tg.start_soon(coordinator.run)
+                if store.heartbeat_interval is not None:
+                    tg.start_soon(_heartbeat, store, store.heartbeat_interval)
                 if self.on_progress is not None:
                     tg.start_soon(self._report_progress, self.on_progress)
                 if self._stop_reason is not None:
@@ -285,6 +287,14 @@ class _Engine:
                     self.stop(signal.Signals(signum).name)
                 elif self._scheduler is not None:
                     self._scheduler.abandon()  # a second signal: stop now
+
+
+async def _heartbeat(session: CheckpointSession, interval: float) -> None:
+    """Keep this run's claim on its checkpoints (a second process is refused); a claim
+    another process took over ends the run."""
+    while True:
+        await anyio.sleep(interval)
+        await session.heartbeat()
 
 
 def _settle_states(report: RunReport) -> None:
