@@ -23,6 +23,7 @@ BENCHMARKS = [
     ("scale", "bench_scale"),
     ("latency", "bench_latency"),
     ("sinks", "bench_sinks"),
+    ("leases", "bench_leases"),
 ]
 
 

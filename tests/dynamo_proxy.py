@@ -9,7 +9,7 @@ import json
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import Any, Self
 
 import aiohttp
 import pytest
@@ -128,7 +128,7 @@ class DynamoProxy:
         # No x-amz-crc32: an edited body would not match moto's checksum.
         return web.Response(body=answer, status=status, content_type="application/x-amz-json-1.0")
 
-    async def __aenter__(self) -> DynamoProxy:
+    async def __aenter__(self) -> Self:
         self._client = aiohttp.ClientSession()
         self.url = await self._listening.enter_async_context(local_http(self.handle))
         return self

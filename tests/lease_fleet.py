@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Final
+from typing import IO, Any, Final
 
 import anyio
 from anyio.abc import Process, TaskGroup
@@ -80,6 +80,10 @@ class Fleet:
     workdir: Path
     failover_time: float
     tg: TaskGroup
+    #: what the workers reach DynamoDB at (the benchmark puts a counting proxy there)
+    workers_url: str = ""
+    #: options of every worker's `leases.dynamodb(...)` (tests/lease_worker.py)
+    options: dict[str, Any] = field(default_factory=dict)
     workers: dict[str, WorkerProcess] = field(default_factory=dict)
     #: every worker ever started, in order (their files stay)
     started: list[str] = field(default_factory=list)
@@ -96,11 +100,12 @@ class Fleet:
             "worker_id": worker_id,
             "stream_arn": self.server.stream_arn,
             "streams_url": self.server.endpoint_url,
-            "dynamodb_url": self.dynamodb_url,
+            "dynamodb_url": self.workers_url or self.dynamodb_url,
             "table": TABLE,
             "failover_time": self.failover_time,
             "deliveries": str(deliveries),
             "log": str(log),
+            **self.options,
         }
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         env.update(_ENV)
@@ -207,10 +212,19 @@ class Fleet:
 
 @asynccontextmanager
 async def fleet(
-    dynamodb_url: str, workdir: Path, *, shards: int, failover_time: float
+    dynamodb_url: str,
+    workdir: Path,
+    *,
+    shards: int,
+    failover_time: float,
+    watch: bool = True,
+    workers_url: str = "",
+    **options: Any,
 ) -> AsyncIterator[Fleet]:
-    """A stream of `shards` shards served on 127.0.0.1, the lease table in moto, and a
-    table watcher; every worker still running is killed on the way out."""
+    """A stream of `shards` shards served on 127.0.0.1, the lease table in moto, and
+    (with `watch`) a table watcher; every worker still running is killed on the way out.
+    Workers reach DynamoDB at `workers_url` (default: `dynamodb_url`) and get `options`
+    (tests/lease_worker.py says which it reads)."""
     stream = MemoryStream(table="Fleet")
     for _ in range(shards):
         stream.add_shard()
@@ -220,8 +234,11 @@ async def fleet(
         store.open() as table,
         anyio.create_task_group() as tg,
     ):
-        running = Fleet(stream, server, table, dynamodb_url, workdir, failover_time, tg)
-        tg.start_soon(running.watch)
+        running = Fleet(
+            stream, server, table, dynamodb_url, workdir, failover_time, tg, workers_url, options
+        )
+        if watch:
+            tg.start_soon(running.watch)
         try:
             yield running
         finally:

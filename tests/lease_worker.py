@@ -6,7 +6,9 @@ It runs one pipeline over the stream (`sources.dynamodb` over HTTP) with
 `run(leases=leases.dynamodb(...), handle_signals=True)` until SIGTERM. Its sink appends
 a line per batch to its deliveries file: the time the batch was sent, the shard, and the
 sequence numbers, so every check is made from the files. flowstream's log (takes,
-losses, releases) goes to its own file, each line stamped with the time.
+losses, releases) goes to its own file, each line stamped with the time. Optional
+config: `flush_interval` (default 0.2; null: the leases' own default) and
+`cleanup_after`.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ async def main(config: dict[str, Any]) -> None:
         worker_id=config["worker_id"],
         endpoint_url=config["dynamodb_url"],
         failover_time=config["failover_time"],
-        flush_interval=0.2,
+        flush_interval=config.get("flush_interval", 0.2),
         cleanup_after=config.get("cleanup_after", 3600.0),
     )
     pipeline = fs.Pipeline(source, name="fleet").to(DeliveryLog(config["deliveries"]))

@@ -118,7 +118,7 @@ def dynamodb(
     session: AioSession | None = None,
     timeout: float = 10.0,
     max_connections: int = 32,
-    flush_interval: float = 1.0,
+    flush_interval: float | None = None,
     cleanup_after: float = 3600.0,
 ) -> DynamoDBLeases:
     """Leases in the DynamoDB table `table`, one table per pipeline (as the KCL keeps one
@@ -129,7 +129,9 @@ def dynamodb(
     `worker_id` names this process in the table (default ``host:pid:random``).
     `failover_time` is how long a lease may go unrenewed before another worker takes it:
     a crashed worker's shards move after about that long; leases are renewed every third
-    of it. `flush_interval` is the seconds between checkpoint writes. Finished leases
+    of it. `flush_interval` is the seconds between checkpoint writes, by default the
+    renewal interval: a checkpoint write renews the lease too, so a busy shard costs no
+    more writes than an idle one. Finished leases
     (their shard read to its end) whose shard the stream no longer lists are deleted
     after `cleanup_after` seconds. The other options are those of
     `checkpoints.dynamodb`. Needs ``dynamodb:DescribeTable``, ``dynamodb:Scan``,
@@ -152,7 +154,7 @@ def dynamodb(
     for option, value, least in (
         ("failover_time", failover_time, 0.0),
         ("timeout", timeout, 0.0),
-        ("flush_interval", flush_interval, -1.0),
+        ("flush_interval", 1.0 if flush_interval is None else flush_interval, -1.0),
         ("cleanup_after", cleanup_after, -1.0),
     ):
         if (
@@ -184,6 +186,6 @@ def dynamodb(
         session=session,
         timeout=float(timeout),
         max_connections=max_connections,
-        flush_interval=float(flush_interval),
+        flush_interval=failover_time / 3 if flush_interval is None else float(flush_interval),
         cleanup_after=float(cleanup_after),
     )

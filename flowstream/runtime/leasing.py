@@ -4,9 +4,10 @@ and releasing leases in the lease table, and its checkpoints, written fenced.
 - The taker scans the table every renewal interval (and at once when something changed:
   a shard ended, new leases appeared), notes whose counters moved (`LeaseClock`), takes
   what `taking.choose` says, and deletes finished leases that are no longer needed.
-- The renewer bumps each held lease's counter every renewal interval; a checkpoint write
-  bumps it too, so a busy shard is renewed by its checkpoints. A refused write means the
-  lease is lost: the shard's runner is cancelled at once.
+- The renewer bumps each held lease's counter when nothing did for a little more than a
+  renewal interval; a checkpoint write bumps it too, so a busy shard is renewed by its
+  checkpoints. A refused write means the lease is lost: the shard's runner is cancelled
+  at once.
 - Locally, a lease whose last confirmed write was sent more than `failover_time` ago is
   given up before any peer can see it expired, so two workers never both think they
   hold it; runners ask `holds()` before each delivery.
@@ -48,6 +49,10 @@ logger = logging.getLogger("flowstream")
 
 #: Lease-table writes in flight at once (renewals, checkpoints, takes).
 _CONCURRENT_WRITES: Final = 16
+#: A held lease is renewed once no write confirmed it for this many renewal intervals,
+#: looked at every `_RENEW_CHECK` of an interval (`renew_round`).
+_RENEW_AFTER: Final = 1.25
+_RENEW_CHECK: Final = 0.25
 
 
 class LeaseCoordinator:
@@ -137,7 +142,7 @@ class LeaseCoordinator:
 
     async def _renewing(self) -> None:
         while True:
-            await anyio.sleep(self.config.renew_interval)
+            await anyio.sleep(self.config.renew_interval * _RENEW_CHECK)
             await self.renew_round()
 
     async def take_round(self) -> None:
@@ -185,15 +190,20 @@ class LeaseCoordinator:
             self.on_change()
 
     async def renew_round(self) -> None:
-        """Renew every held lease that no write confirmed during the last interval;
-        give up those that went unconfirmed for the failover time."""
+        """Renew every held lease no write confirmed for `_RENEW_AFTER` renewal
+        intervals; give up those that went unconfirmed for the failover time.
+
+        Rounds come four times per interval, so a renewal is sent by the time a lease
+        is 1.5 intervals old (throttling and 5xx are retried within the table's
+        timeout), and a shard that checkpoints every interval (the default) is renewed by its
+        checkpoints alone: one write per interval, busy or idle."""
         now = anyio.current_time()
         due = []
         for key in list(self._held):
             age = now - self._sent_at[key]
             if age > self._failover:
                 self._lose(key, f"not renewed for {age:.1f}s (failover_time={self._failover}s)")
-            elif age >= self.config.renew_interval * 0.5:
+            elif age >= self.config.renew_interval * _RENEW_AFTER:
                 due.append(key)
         await self._each(due, self._renew)
 
