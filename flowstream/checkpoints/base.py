@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Final
 
@@ -96,10 +96,12 @@ class CheckpointSession(ABC):
         """Return the saved position of every shard that has one."""
 
     @abstractmethod
-    async def save(self, positions: Mapping[str, str]) -> None:
+    async def save(self, positions: Mapping[str, str]) -> Collection[str] | None:
         """Durably record `positions` (shard id -> position). A position that is not
         ahead of the stored one is ignored, so a checkpoint never moves backwards.
-        Raises `CheckpointError` when the store cannot record them."""
+        Raises `CheckpointError` when the store cannot record them. Returns the shard
+        ids it refused to record because this run no longer owns them (a lease lost
+        meanwhile), or None when it recorded every one."""
 
     #: Seconds between `heartbeat()` calls the runtime makes; None: it makes none.
     heartbeat_interval: float | None = None

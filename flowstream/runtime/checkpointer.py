@@ -56,7 +56,7 @@ class Checkpointer:
             batch, self._pending = self._pending, {}
             done, self._done = self._done, 0
             try:
-                await self._session.save(batch)
+                refused = await self._session.save(batch)
             except BaseException as exc:
                 # Keep what could not be written, and its count, so a later flush retries it.
                 for shard_id, position in batch.items():
@@ -73,7 +73,7 @@ class Checkpointer:
                 raise
             for shard_id, position in batch.items():
                 shard = self._report.shards.get(shard_id)
-                if shard is not None:
+                if shard is not None and not (refused and shard_id in refused):
                     shard.checkpoint = position
 
     async def run(self) -> None:

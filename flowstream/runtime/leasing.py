@@ -219,20 +219,27 @@ class LeaseCoordinator:
         """The run's checkpoint session: positions go to the held leases, fenced."""
         return _LeaseCheckpoints(self)
 
-    async def save(self, positions: Mapping[str, str]) -> None:
+    async def save(self, positions: Mapping[str, str]) -> set[str]:
+        """Write the checkpoints of held leases, fenced; returns the shards whose
+        checkpoint was not written because their lease is lost."""
+        refused = {key for key in positions if key not in self._held}
+
         async def one(key: str) -> None:
             position = positions[key]
 
             def write(lease: Lease) -> Awaitable[Lease | None]:
                 return self.table.checkpoint(lease, position)
 
-            if await self._write(key, write, "checkpoint refused") and position == SHARD_END:
+            if not await self._write(key, write, "checkpoint refused"):
+                refused.add(key)
+            elif position == SHARD_END:
                 # Done: nobody needs to hold it; its children are ready for whoever takes them.
                 await self._write(key, self.table.release, "release refused")
                 self._drop(key)
                 self.wake()
 
         await self._each([key for key in positions if key in self._held], one)
+        return refused
 
     # -- the stream's shards -------------------------------------------------------------
 
@@ -366,8 +373,8 @@ class _LeaseCheckpoints(CheckpointSession):
     async def load(self) -> dict[str, str]:
         return {}  # each shard starts where its lease says, when it is taken
 
-    async def save(self, positions: Mapping[str, str]) -> None:
-        await self._coordinator.save(positions)
+    async def save(self, positions: Mapping[str, str]) -> set[str]:
+        return await self._coordinator.save(positions)
 
 
 def _parents_first(shards: Sequence[Shard]) -> list[Shard]:
