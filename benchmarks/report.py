@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -97,13 +97,19 @@ def write_page(
     sections stay as they are and only those with the same titles are replaced (a rerun
     of one benchmark)."""
     blocks: dict[str, str] = {}
+    measured = f"Measured: {machine()}."
     if merge and path.exists():
-        for block in path.read_text().split("\n## ")[1:]:
+        old = path.read_text()
+        # the page's date stays that of the full run; a rerun section says its own
+        measured = next((line for line in old.splitlines() if line.startswith("Measured:")), "")
+        for block in old.split("\n## ")[1:]:
             title = block.split("\n", 1)[0]
             blocks[title] = "## " + block.rstrip() + "\n"
     for section in sections:
+        if merge:
+            section = replace(section, notes=[*section.notes, f"Measured alone: {machine()}."])
         blocks[section.title] = section.markdown()
-    body = [INTRO, f"Measured: {machine()}.", ""]
+    body = [INTRO, measured or f"Measured: {machine()}.", ""]
     for block in blocks.values():
         body += [block.rstrip(), ""]
     path.write_text("\n".join(body))
