@@ -24,6 +24,7 @@ from flowstream.sinks.base import Sink
 from flowstream.sources.base import Source
 
 if TYPE_CHECKING:
+    from flowstream.aws_lambda.handler import LambdaHandler
     from flowstream.checkpoints.base import CheckpointStore
     from flowstream.leases import DynamoDBLeases
     from flowstream.report import RunReport
@@ -132,6 +133,9 @@ class Pipeline(Generic[T]):
         # The end (.route()/.to()) is a step too: a call after it is one step further.
         position = len(self._steps) + (1 if self._route is None else 2)
         return f".{method}() at step {position}"
+
+    def _label(self) -> str:
+        return f"pipeline {self._name!r}" if self._name else "pipeline"
 
     def _check_open(self, method: str) -> None:
         if self._route is not None:
@@ -464,6 +468,75 @@ class Pipeline(Generic[T]):
             progress_interval=float(progress_interval),
             leases=leases,
         )
+
+    # -- Lambda -------------------------------------------------------------------------
+
+    def lambda_handler(
+        self,
+        *,
+        margin: float = 1.0,
+        page_size: int = 50,
+        partial_failures: bool = True,
+        metrics: bool = True,
+        namespace: str = "flowstream",
+    ) -> LambdaHandler:
+        """This pipeline as the handler of a Lambda function behind a DynamoDB stream
+        event source mapping (docs/lambda.md): ``handler = pipeline.lambda_handler()``
+        at module level, and the function's handler setting pointing at it.
+
+        Each batch runs through the steps, routes, failure policy and dead letters as
+        `run()` would (the source is not opened). The answer names the first record not
+        done, so Lambda retries from it (the mapping needs
+        ``FunctionResponseTypes=["ReportBatchItemFailures"]``); with
+        `partial_failures=False` the handler raises instead and Lambda retries the whole
+        batch. Records go through in pages of `page_size`, each delivered before the
+        next is done with, and work stops `margin` seconds before the invocation's
+        deadline: what is not done by then is handed back the same way. `metrics`
+        writes one line per invocation in CloudWatch's embedded metric format, under
+        `namespace`."""
+        from flowstream.aws_lambda.handler import LambdaHandler
+
+        where = f"{self._label()}.lambda_handler()"
+        if (
+            isinstance(margin, bool)
+            or not isinstance(margin, int | float)
+            or not 0 <= margin < math.inf
+        ):
+            raise PipelineError(
+                f"{where}: margin={margin!r} must be a finite number of seconds >= 0 to stop "
+                "before the deadline, e.g. margin=1.0"
+            )
+        if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
+            raise PipelineError(
+                f"{where}: page_size={page_size!r} must be a whole number of records >= 1, "
+                "e.g. page_size=50"
+            )
+        for option, value in (("partial_failures", partial_failures), ("metrics", metrics)):
+            if not isinstance(value, bool):
+                raise PipelineError(f"{where}: {option}={value!r} must be True or False")
+        if not isinstance(namespace, str) or not namespace.strip():
+            raise PipelineError(
+                f"{where}: namespace={namespace!r} must be a CloudWatch namespace, e.g. "
+                "namespace='orders-pipeline'"
+            )
+        return LambdaHandler(
+            self.compile(),
+            pipeline=self._name or "pipeline",
+            margin=float(margin),
+            page_size=page_size,
+            partial_failures=partial_failures,
+            metrics=metrics,
+            namespace=namespace,
+        )
+
+    def lambda_filter_criteria(self) -> dict[str, Any]:
+        """The event source mapping's `FilterCriteria` for this pipeline's leading
+        filters (``events=``), so that Lambda drops those records before invoking the
+        function at all; the handler applies the filters too. Raises `PipelineError`
+        naming the step that stops it when nothing can be written as a pattern."""
+        from flowstream.aws_lambda.filters import filter_criteria
+
+        return filter_criteria(self._steps, self._label())
 
 
 def _check_leases(leases: object, checkpoints: object, drain: bool, source: Source) -> None:
