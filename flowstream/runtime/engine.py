@@ -243,7 +243,11 @@ class _Engine:
                     self._tg = None
                     tg.cancel_scope.cancel()
                     with anyio.move_on_after(_FINAL_FLUSH_TIMEOUT, shield=True) as final:
-                        await checkpointer.flush()
+                        async with anyio.create_task_group() as closing:
+                            if coordinator is not None:
+                                closing.start_soon(coordinator.keep_renewing)
+                            await checkpointer.flush()
+                            closing.cancel_scope.cancel()
                     if final.cancelled_caught:
                         logger.error(
                             "pipeline %r: the checkpoint store did not save the last positions "

@@ -120,7 +120,7 @@ class LeaseCoordinator:
         """Take and renew until cancelled."""
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._taking)
-            tg.start_soon(self._renewing)
+            tg.start_soon(self.keep_renewing)
 
     async def _taking(self) -> None:
         while True:
@@ -140,7 +140,9 @@ class LeaseCoordinator:
                 await self._wake.wait()
             self._wake = anyio.Event()
 
-    async def _renewing(self) -> None:
+    async def keep_renewing(self) -> None:
+        """Renew held leases until cancelled (alone while a stopping run writes its last
+        checkpoints, so no lease lapses before it is released)."""
         while True:
             await anyio.sleep(self.config.renew_interval * _RENEW_CHECK)
             await self.renew_round()
