@@ -1,20 +1,26 @@
 """Shared AWS plumbing for sources, sinks and checkpoint stores: clients configured the
 way flowstream needs them, and the one place where botocore's errors are classified
 (retry, or stop with an error that names the fix).
+
+aiobotocore and botocore are imported when a client is made or an error is classified,
+not with this module: a Lambda function whose sinks call no AWS service does not pay
+their import on a cold start.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
-from aiobotocore.config import AioConfig
-from aiobotocore.session import AioSession, get_session
-from botocore import exceptions as botocore_errors
 
 from flowstream.errors import FlowstreamError
+
+if TYPE_CHECKING:
+    from aiobotocore.config import AioConfig
+    from aiobotocore.session import AioSession
 
 __all__ = [
     "REFUSED_CODES",
@@ -62,19 +68,26 @@ REFUSED_CODES: Final = frozenset(
     }
 )
 
-_TRANSIENT: Final = (
-    botocore_errors.EndpointConnectionError,
-    botocore_errors.ConnectionClosedError,
-    botocore_errors.ConnectTimeoutError,
-    botocore_errors.ReadTimeoutError,
-    botocore_errors.HTTPClientError,
-    ConnectionError,
-    TimeoutError,
-)
+
+@functools.cache
+def _transient() -> tuple[type[BaseException], ...]:
+    from botocore import exceptions as botocore_errors
+
+    return (
+        botocore_errors.EndpointConnectionError,
+        botocore_errors.ConnectionClosedError,
+        botocore_errors.ConnectTimeoutError,
+        botocore_errors.ReadTimeoutError,
+        botocore_errors.HTTPClientError,
+        ConnectionError,
+        TimeoutError,
+    )
 
 
 def error_code(exc: BaseException) -> str | None:
     """The service's error code of a botocore `ClientError`, else None."""
+    from botocore import exceptions as botocore_errors
+
     if isinstance(exc, botocore_errors.ClientError):
         code = exc.response.get("Error", {}).get("Code")
         return str(code) if code else None
@@ -83,6 +96,8 @@ def error_code(exc: BaseException) -> str | None:
 
 def error_message(exc: BaseException) -> str:
     """The service's own message of a `ClientError`, else the exception text."""
+    from botocore import exceptions as botocore_errors
+
     if isinstance(exc, botocore_errors.ClientError):
         message = exc.response.get("Error", {}).get("Message")
         if message:
@@ -91,6 +106,8 @@ def error_message(exc: BaseException) -> str:
 
 
 def _status(exc: BaseException) -> int:
+    from botocore import exceptions as botocore_errors
+
     if isinstance(exc, botocore_errors.ClientError):
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         return int(status) if status else 0
@@ -99,7 +116,7 @@ def _status(exc: BaseException) -> int:
 
 def is_retryable(exc: BaseException) -> bool:
     """True for throttling, server errors and broken connections: worth another try."""
-    if isinstance(exc, _TRANSIENT):
+    if isinstance(exc, _transient()):
         return True
     code = error_code(exc)
     status = _status(exc)
@@ -118,6 +135,8 @@ def configuration_error(
     `what` names the thing being reached (e.g. "DynamoDB Streams"); `endpoint_url` the
     endpoint the client used, if one was set.
     """
+    from botocore import exceptions as botocore_errors
+
     where = f" at {endpoint_url}" if endpoint_url else ""
     if isinstance(
         exc, botocore_errors.NoCredentialsError | botocore_errors.PartialCredentialsError
@@ -159,12 +178,21 @@ def is_setup_error(exc: BaseException) -> bool:
 def client_config(max_connections: int) -> AioConfig:
     """No hidden botocore retries (flowstream retries with its own backoff, so stops are
     prompt and retries are visible); a connection pool sized for the shards."""
+    from aiobotocore.config import AioConfig
+
     return AioConfig(
         retries={"mode": "standard", "total_max_attempts": 1},
         max_pool_connections=max_connections,
         connect_timeout=5,
         read_timeout=30,
     )
+
+
+def get_session() -> AioSession:
+    """A new aiobotocore session (aiobotocore is imported on the first call)."""
+    from aiobotocore.session import get_session as new_session
+
+    return new_session()
 
 
 @asynccontextmanager

@@ -20,11 +20,10 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any, Final, final
+from typing import TYPE_CHECKING, Any, Final, final
 
 import anyio
 import anyio.abc
-from aiobotocore.session import AioSession
 
 from flowstream.aws import create_client, error_code
 from flowstream.checkpoints.base import (
@@ -39,6 +38,9 @@ from flowstream.checkpoints.base import (
 from flowstream.checkpoints.owner import HEARTBEAT, Claim, claim_error, lost_error, may_take
 from flowstream.errors import CheckpointError
 from flowstream.state_table import Retry, StateTable, TableSpec
+
+if TYPE_CHECKING:
+    from aiobotocore.session import AioSession
 
 __all__ = ["DynamoDBCheckpoints", "dynamodb"]
 

@@ -10,15 +10,16 @@ import secrets
 import socket
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
-from typing import Final, final
-
-from aiobotocore.session import AioSession
+from typing import TYPE_CHECKING, Final, final
 
 from flowstream.aws import create_client
 from flowstream.errors import CheckpointError, PipelineError
 from flowstream.leases.lease import LEASE_KEY
 from flowstream.leases.table import LeaseTable
 from flowstream.state_table import StateTable, TableSpec
+
+if TYPE_CHECKING:
+    from aiobotocore.session import AioSession
 
 __all__ = ["DynamoDBLeases", "dynamodb", "default_worker_id"]
 

@@ -17,9 +17,7 @@ from collections.abc import (
 )
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final
-
-from aiobotocore.session import AioSession
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from flowstream.aws import (
     configuration_error,
@@ -31,6 +29,9 @@ from flowstream.aws import (
 from flowstream.errors import DeliveryError, FlowstreamError, NotSentError, SinkError
 from flowstream.serialize import SerializationError
 from flowstream.sinks.base import SendResult, Sink, SinkWriter
+
+if TYPE_CHECKING:
+    from aiobotocore.session import AioSession
 
 __all__ = [
     "missing_resource",

@@ -12,10 +12,9 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any, ClassVar, Final, final
+from typing import TYPE_CHECKING, Any, ClassVar, Final, final
 
 import anyio
-from aiobotocore.session import AioSession
 
 from flowstream import attrvalue
 from flowstream.aws import error_code
@@ -32,6 +31,9 @@ from flowstream.sinks.aws_base import (
     missing_resource,
 )
 from flowstream.sinks.base import Batch, SendResult, SinkWriter
+
+if TYPE_CHECKING:
+    from aiobotocore.session import AioSession
 
 __all__ = ["DynamoDBSink", "dynamodb"]
 

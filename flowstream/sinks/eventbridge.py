@@ -12,10 +12,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import KW_ONLY, dataclass
-from typing import Any, ClassVar, Final, final
+from typing import TYPE_CHECKING, Any, ClassVar, Final, final
 
 import msgspec
-from aiobotocore.session import AioSession
 
 from flowstream.aws import RETRYABLE_CODES, error_code
 from flowstream.errors import DeliveryError, FlowstreamError, SinkError
@@ -32,6 +31,9 @@ from flowstream.sinks.aws_base import (
 )
 from flowstream.sinks.base import Batch, SendResult, SinkWriter
 from flowstream.sinks.sqs import send_calls, too_large
+
+if TYPE_CHECKING:
+    from aiobotocore.session import AioSession
 
 __all__ = ["EventBridgeSink", "Resources", "eventbridge"]
 

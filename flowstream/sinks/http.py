@@ -21,20 +21,20 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from importlib import metadata
-from typing import Any, Final, final
+from typing import TYPE_CHECKING, Any, Final, final
 
-import aiohttp
 import msgspec
-from aiobotocore.session import AioSession, get_session
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
-from yarl import URL
 
 from flowstream.aws import configuration_error
 from flowstream.errors import DeliveryError, FlowstreamError, NotSentError, SinkError
 from flowstream.record import Record
 from flowstream.serialize import SerializationError, to_bytes
 from flowstream.sinks.base import Batch, SendResult, Sink, SinkWriter
+
+if TYPE_CHECKING:
+    import aiohttp
+    from aiobotocore.session import AioSession
+    from yarl import URL
 
 __all__ = [
     "Basic",
@@ -157,6 +157,8 @@ class SigV4(HttpAuth):
         self._region: str | None = None
 
     async def prepare(self) -> None:
+        from aiobotocore.session import get_session
+
         session = self.session or get_session()
         try:
             credentials = await session.get_credentials()
@@ -182,6 +184,9 @@ class SigV4(HttpAuth):
     async def sign(self, method: str, url: str, headers: dict[str, str], body: bytes) -> None:
         if self._credentials is None:
             await self.prepare()
+        from botocore.auth import SigV4Auth
+        from botocore.awsrequest import AWSRequest
+
         # refreshable credentials (roles, SSO) renew themselves here when near expiry
         frozen = await self._credentials.get_frozen_credentials()
         request = AWSRequest(method=method, url=url, data=body, headers=headers)
@@ -322,6 +327,8 @@ class HttpSink(Sink):
                 await self.auth.prepare()
             except FlowstreamError as exc:
                 raise SinkError(f"cannot open {self.describe()}: {exc}") from None
+        import aiohttp  # here, not with the module: `import flowstream` does not pay for it
+
         connector = aiohttp.TCPConnector(limit=self.max_connections, ssl=self.verify)
         async with aiohttp.ClientSession(
             connector=connector, timeout=aiohttp.ClientTimeout(total=self.timeout)
@@ -336,6 +343,8 @@ def _public_url(url: URL) -> str:
 
 
 def _check_url(url: str) -> URL:
+    from yarl import URL
+
     problem = None
     try:
         parsed = URL(url) if isinstance(url, str) else None
@@ -545,6 +554,8 @@ class _HttpWriter(SinkWriter):
     # -- requests ---------------------------------------------------------------------
 
     async def _request(self, body: bytes, key: str | None) -> DeliveryError | None:
+        import aiohttp
+
         headers = dict(self._headers)
         if key is not None:
             assert self._idempotency_header is not None

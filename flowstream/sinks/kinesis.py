@@ -12,9 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Hashable
 from dataclasses import KW_ONLY, dataclass
-from typing import Any, ClassVar, Final, final
-
-from aiobotocore.session import AioSession
+from typing import TYPE_CHECKING, Any, ClassVar, Final, final
 
 from flowstream.aws import RETRYABLE_CODES, error_code
 from flowstream.errors import DeliveryError, FlowstreamError, SinkError
@@ -31,6 +29,9 @@ from flowstream.sinks.aws_base import (
     missing_resource,
 )
 from flowstream.sinks.base import Batch, SendResult, SinkWriter, item_key
+
+if TYPE_CHECKING:
+    from aiobotocore.session import AioSession
 
 __all__ = ["KinesisSink", "PartitionKey", "kinesis"]
 

@@ -12,10 +12,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Hashable
 from dataclasses import KW_ONLY, dataclass
-from typing import Any, ClassVar, Final, Literal, final
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal, final
 
 import msgspec
-from aiobotocore.session import AioSession
 
 from flowstream.aws import error_code
 from flowstream.errors import DeliveryError, FlowstreamError, SinkError
@@ -31,6 +30,9 @@ from flowstream.sinks.aws_base import (
     missing_resource,
 )
 from flowstream.sinks.base import Batch, SendResult, SinkWriter, item_key
+
+if TYPE_CHECKING:
+    from aiobotocore.session import AioSession
 
 __all__ = ["Invocation", "LambdaSink", "lambda_function"]
 

@@ -20,12 +20,14 @@ already been applied when the failure is seen. The earliest failure decides:
   policy dead-letters it), and a run that resumes from the checkpoint replays it and
   everything after it, in order. So here too the last write follows stream order.
 
-The optional dependency (``pip install 'flowstream[redis]'``) is imported here and only
-needed when a sink is built.
+The optional dependency (``pip install 'flowstream[redis]'``) is imported when a sink
+is built, not with this module: ``import flowstream`` does not pay for it.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import math
 import string
 from collections.abc import AsyncIterator, Callable
@@ -48,18 +50,9 @@ from flowstream.record import EventName, Record
 from flowstream.serialize import to_bytes
 from flowstream.sinks.base import Batch, SendResult, Sink, SinkWriter, item_key
 
-try:
+if TYPE_CHECKING:
     import redis.asyncio as aioredis
     from redis import exceptions as redis_errors
-    from redis.asyncio.connection import parse_url
-    from redis.asyncio.retry import Retry
-    from redis.backoff import NoBackoff
-except ImportError:  # pragma: no cover - exercised in a subprocess without redis-py
-    _HAVE_REDIS = False
-else:
-    _HAVE_REDIS = True
-
-if TYPE_CHECKING:
     from redis.asyncio.client import Pipeline
 
 __all__ = ["Action", "KeySpec", "RedisSink", "redis"]
@@ -142,6 +135,8 @@ def _ttl_millis(ttl: object) -> int:
 def _describe_url(url: str) -> str:
     """The URL without user name, password or options: what a report may show.
     Raises ValueError for a URL redis-py does not take."""
+    from redis.asyncio.connection import parse_url
+
     parts = parse_url(url)
     db = parts.get("db", 0)
     path = parts.get("path")
@@ -191,6 +186,10 @@ class RedisSink(Sink):
         # No connection is made here: a server that is down fails the first batches
         # (retryable), not the whole run. The pool caps connections; shards beyond the
         # cap wait for one, each use bounded by the socket timeouts.
+        import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
         pool = aioredis.BlockingConnectionPool.from_url(
             self.url,
             max_connections=self.max_connections,
@@ -224,6 +223,8 @@ class _RedisWriter(SinkWriter):
         self._px = ttl if ttl is not None and self._ex is None else None
 
     async def send(self, batch: Batch) -> SendResult | None:
+        from redis import exceptions as redis_errors
+
         failed: dict[int, BaseException] = {}
         indices: list[int] = []  # batch index of each command sent
         commands: list[_Command] = []
@@ -356,6 +357,8 @@ class _RedisWriter(SinkWriter):
         )
 
     def _batch_error(self, exc: BaseException) -> DeliveryError:
+        from redis import exceptions as redis_errors
+
         if isinstance(exc, redis_errors.AuthenticationError | redis_errors.AuthorizationError):
             return DeliveryError(
                 f"Redis at {self._where} refused the credentials: {exc}; fix the user name "
@@ -379,15 +382,18 @@ def _error_code(reply: redis_errors.ResponseError) -> str | None:
     code = getattr(reply, "status_code", None)  # redis-py >= 7 keeps the code
     if isinstance(code, str) and code:
         return code
-    for cls, known in _CODES_BY_CLASS:
+    for cls, known in _codes_by_class():
         if isinstance(reply, cls):
             return known
     word = str(reply).partition(" ")[0]
     return word if word.isalpha() and word.isupper() else None
 
 
-if _HAVE_REDIS:
-    _CODES_BY_CLASS: Final = (
+@functools.cache
+def _codes_by_class() -> tuple[tuple[type[redis_errors.ResponseError], str], ...]:
+    from redis import exceptions as redis_errors
+
+    return (
         (redis_errors.OutOfMemoryError, "OOM"),
         (redis_errors.ReadOnlyError, "READONLY"),
         (redis_errors.NoPermissionError, "NOPERM"),
@@ -421,7 +427,7 @@ def redis(
     serialised like every sink does. `timeout` bounds connecting and each round trip, in
     seconds; `max_connections` caps the pool that the shards share.
     """
-    if not _HAVE_REDIS:
+    if importlib.util.find_spec("redis") is None:
         raise SinkError(f"sinks.redis() needs redis-py, which is not installed; {_INSTALL}")
     if action not in _ACTIONS:
         raise PipelineError(

@@ -12,9 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Hashable
 from dataclasses import KW_ONLY, dataclass
-from typing import Any, ClassVar, Final, final
-
-from aiobotocore.session import AioSession
+from typing import TYPE_CHECKING, Any, ClassVar, Final, final
 
 from flowstream.aws import error_code
 from flowstream.errors import DeliveryError, FlowstreamError, SinkError
@@ -43,6 +41,9 @@ from flowstream.sinks.sqs import (
     send_calls,
     too_large,
 )
+
+if TYPE_CHECKING:
+    from aiobotocore.session import AioSession
 
 __all__ = ["SnsSink", "Subject", "sns"]
 

@@ -21,11 +21,10 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from dataclasses import KW_ONLY, dataclass
 from decimal import Decimal
-from typing import Any, ClassVar, Final, final
+from typing import TYPE_CHECKING, Any, ClassVar, Final, final
 from urllib.parse import urlsplit
 
 import anyio
-from aiobotocore.session import AioSession
 
 from flowstream.aws import error_code
 from flowstream.errors import DeliveryError, FlowstreamError, SinkError
@@ -41,6 +40,9 @@ from flowstream.sinks.aws_base import (
     missing_resource,
 )
 from flowstream.sinks.base import Batch, SendResult, SinkWriter, item_key
+
+if TYPE_CHECKING:
+    from aiobotocore.session import AioSession
 
 __all__ = ["AttributeValue", "Attributes", "GroupId", "SqsSink", "sqs"]
 

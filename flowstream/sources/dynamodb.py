@@ -24,11 +24,10 @@ import random
 import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
-from typing import Any, Final, Literal, final
+from typing import TYPE_CHECKING, Any, Final, Literal, final
 
 import anyio
 import msgspec
-from aiobotocore.session import AioSession
 
 from flowstream.aws import (
     configuration_error,
@@ -57,8 +56,10 @@ from flowstream.sources.base import (
     StreamSession,
     parse_start,
 )
-from flowstream.sources.get_records import fast_get_records
 from flowstream.sources.lag import PollLag
+
+if TYPE_CHECKING:
+    from aiobotocore.session import AioSession
 
 __all__ = ["DynamoDBSource", "dynamodb"]
 
@@ -236,7 +237,12 @@ class _DynamoDBSession(StreamSession):
         self._tickets = itertools.count()
         self._ended: dict[str, int] = {}  # shard -> ticket of its end; children not looked up
         self._listing: tuple[int, list[Shard]] | None = None  # the latest full listing
-        self._fast_get_records = fast_get_records(client) if source.fast_get_records else None
+        if source.fast_get_records:
+            from flowstream.sources.get_records import fast_get_records  # botocore's parser
+
+            self._fast_get_records = fast_get_records(client)
+        else:
+            self._fast_get_records = None
         self.lag = PollLag(stream_arn, source.idle_interval)
 
     async def get_records(self, iterator: str, limit: int) -> bytes | dict[str, Any]:
