@@ -15,10 +15,12 @@ open until the process ends.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import math
 import sys
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
@@ -110,6 +112,9 @@ class LambdaHandler:
         loop = self._loop
         if loop is None or loop.is_closed():
             loop = self._loop = asyncio.new_event_loop()
+            # A local run or a test ends the process with the sinks open: close them
+            # then, rather than leave a pending task for the interpreter to complain of.
+            atexit.register(_close_at_exit, weakref.ref(self))
         return loop.run_until_complete(self._invoke(event, context))
 
     def close(self) -> None:
@@ -149,13 +154,15 @@ class LambdaHandler:
         except BaseException as exc:
             if not ready.done():
                 ready.set_exception(exc)  # the invocation fails; the next one opens again
-            else:
+            elif isinstance(exc, Exception):
                 logger.warning(
                     "pipeline %r: closing the sinks failed: %s: %s",
                     self._pipeline,
                     type(exc).__name__,
                     exc,
                 )
+            if not isinstance(exc, Exception):
+                raise  # a cancellation or the loop's end is not ours to swallow
 
     # -- one invocation -----------------------------------------------------------------
 
@@ -165,10 +172,25 @@ class LambdaHandler:
         began = time.perf_counter()
         request_id = getattr(context, "aws_request_id", "") or ""
         remaining = None if context is None else context.get_remaining_time_in_millis() / 1000
+        if "window" in event or "isFinalInvokeForWindow" in event:
+            raise PipelineError(
+                f"{self._pipeline}.lambda_handler() got an event of a tumbling window (its "
+                "event source mapping sets TumblingWindowInSeconds), which flowstream does "
+                "not aggregate: remove TumblingWindowInSeconds from the mapping"
+            )
         records = decode_records(event)
         done = Invocation(records=len(records))
         try:
-            if records:
+            if records and remaining is not None and remaining <= self._margin:
+                done.first_failure = records[0].sequence_number
+                done.failed = len(records)
+                done.stop = (
+                    f"the invocation had {remaining:.2f}s, not more than margin="
+                    f"{self._margin:g}s; raise the function's timeout or lower "
+                    "lambda_handler(margin=)"
+                )
+                logger.error("pipeline %r: no record processed: %s", self._pipeline, done.stop)
+            elif records:
                 await self._process(records, remaining, done)
         finally:
             done.duration_ms = (time.perf_counter() - began) * 1000
@@ -233,7 +255,8 @@ class LambdaHandler:
             done.first_failure = records[first].sequence_number
             done.failed = len(records) - first
             done.stop = shard.error or (
-                f"the deadline came {self._margin:g}s away (margin=) before it was done"
+                f"stopped {self._margin:g}s before the deadline (margin={self._margin:g}) "
+                "with records left"
             )
             logger.warning(
                 "pipeline %r: %d of %d records handed back to Lambda from sequence number %s: %s",
@@ -251,6 +274,12 @@ class LambdaHandler:
                     self._pipeline,
                     self._page_size,
                 )
+
+
+def _close_at_exit(handler: weakref.ref[LambdaHandler]) -> None:
+    alive = handler()
+    if alive is not None:
+        alive.close()
 
 
 async def _stop_after(runner: ShardRunner, seconds: float) -> None:

@@ -273,7 +273,24 @@ class TestDeadline:
         assert answer == {"batchItemFailures": [{"itemIdentifier": records[4].sequence_number}]}
         assert out.items == [0, 1, 2, 3]
         assert handler.last is not None
-        assert "deadline" in handler.last.stop
+        assert handler.last.stop == (
+            "stopped 0.5s before the deadline (margin=0.5) with records left"
+        )
+
+    def test_an_invocation_with_no_more_time_than_the_margin_says_so(
+        self, closing: list[Any]
+    ) -> None:
+        stream = stream_of(3)
+        out = sinks.collect()
+        handler = fs.Pipeline(stream).to(out).lambda_handler(margin=2.0, metrics=False)
+        closing.append(handler)
+        records = stream.records()
+        answer = handler(lambda_event(records), lambda_context(timeout=1.0))
+        assert answer == {"batchItemFailures": [{"itemIdentifier": records[0].sequence_number}]}
+        assert out.items == []
+        assert handler.last is not None
+        assert "not more than margin=2s" in handler.last.stop
+        assert "raise the function's timeout or lower lambda_handler(margin=)" in handler.last.stop
 
     def test_a_retry_backoff_never_sleeps_past_the_deadline(self, closing: list[Any]) -> None:
         stream = stream_of(3)
@@ -587,6 +604,25 @@ class TestOptions:
     def test_a_pipeline_with_no_end_is_refused_when_the_handler_is_built(self) -> None:
         with pytest.raises(PipelineError, match="nothing at its end"):
             fs.Pipeline(stream_of(0)).lambda_handler()
+
+    def test_a_tumbling_window_event_is_refused_with_the_setting_named(
+        self, closing: list[Any]
+    ) -> None:
+        stream = stream_of(1)
+        handler = fs.Pipeline(stream).to(sinks.collect()).lambda_handler(metrics=False)
+        closing.append(handler)
+        event = lambda_event(stream.records())
+        # what Lambda adds to the event of a mapping with TumblingWindowInSeconds
+        event |= {
+            "window": {"start": "2026-12-05T05:00:00Z", "end": "2026-12-05T05:01:00Z"},
+            "state": {},
+            "shardId": "shardId-00000000000000000000-00000000",
+            "eventSourceARN": stream.records()[0].event_source_arn,
+            "isFinalInvokeForWindow": False,
+            "isWindowTerminatedEarly": False,
+        }
+        with pytest.raises(PipelineError, match="remove TumblingWindowInSeconds"):
+            handler(event, lambda_context())
 
     def test_an_event_that_is_not_a_stream_event_fails_with_a_clear_error(
         self, closing: list[Any]
