@@ -24,6 +24,7 @@ BENCHMARKS = [
     ("latency", "bench_latency"),
     ("sinks", "bench_sinks"),
     ("leases", "bench_leases"),
+    ("lambda", "bench_lambda"),
 ]
 
 
