@@ -2,6 +2,7 @@
 
 from flowstream import checkpoints as checkpoints
 from flowstream import leases as leases
+from flowstream import patterns as patterns
 from flowstream import sinks as sinks
 from flowstream import sources as sources
 from flowstream.deadletter import DeadLetter as DeadLetter
@@ -18,6 +19,7 @@ from flowstream.errors import SinkError as SinkError
 from flowstream.errors import SourceError as SourceError
 from flowstream.errors import StreamNotFoundError as StreamNotFoundError
 from flowstream.errors import TrimmedDataError as TrimmedDataError
+from flowstream.patterns import PatternError as PatternError
 from flowstream.pipeline import Pipeline as Pipeline
 from flowstream.pipeline import When as When
 from flowstream.pipeline import when as when
@@ -45,6 +47,7 @@ __all__ = [
     "FlowstreamError",
     "LeaseReport",
     "NotSentError",
+    "PatternError",
     "Pipeline",
     "PipelineError",
     "Record",
@@ -64,6 +67,7 @@ __all__ = [
     "decode_dead_letter",
     "decode_records",
     "leases",
+    "patterns",
     "replay_dead_letters",
     "sinks",
     "sources",

@@ -1,0 +1,393 @@
+"""Lambda and EventBridge filter patterns: `compile(pattern)` once, then
+`Pattern.matches(event)` per event.
+
+The grammar and the matching rules are AWS's (aws/event-ruler's README is the
+reference): a pattern is an object whose keys are ANDed; a key holds either a nested
+object or an array of leaf conditions, ORed. An array in the event matches when any of
+its elements does, and objects inside event arrays are matched one element at a time
+(two fields never match in two different elements). Exact numbers compare by their JSON
+text, as Lambda does (``300``, ``300.0`` and ``3.0e2`` differ); ``numeric`` compares
+JSON numbers only.
+
+Invalid patterns raise `PatternError` from `compile()`, naming the path and the rule.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, final
+
+from flowstream.errors import PipelineError
+
+__all__ = ["Pattern", "PatternError", "compile"]
+
+
+class PatternError(PipelineError):
+    """A filter pattern that AWS would refuse: the message names the path and the rule."""
+
+
+#: A test of one present leaf value of the event (a str, number, bool or None).
+_Test = Callable[[object], bool]
+
+_MISSING: Final = object()
+_NUMERIC_OPS: Final = ("=", "<", "<=", ">", ">=")
+_OPERATORS: Final = frozenset(
+    {
+        "prefix",
+        "suffix",
+        "equals-ignore-case",
+        "wildcard",
+        "anything-but",
+        "numeric",
+        "exists",
+        "cidr",
+    }
+)
+
+
+class _Number(float):
+    """A number of a pattern given as JSON text, with that text kept: exact matching
+    compares numbers as Lambda does, by their JSON text."""
+
+    text: str
+
+    def __new__(cls, text: str) -> _Number:
+        number = super().__new__(cls, text)
+        number.text = text
+        return number
+
+
+def _number_text(value: object) -> str | None:
+    """The JSON text of a number (None for anything else)."""
+    if isinstance(value, _Number):
+        return value.text
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return json.dumps(value)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True, slots=True)
+class _Leaf:
+    """The ORed conditions of one key; `absent` says whether a missing key (or one
+    holding an object: conditions apply to leaves only) matches."""
+
+    tests: tuple[_Test, ...]
+    absent: bool
+    present: bool  # an `exists: true` among the conditions
+
+    def matches(self, value: object) -> bool:
+        if value is _MISSING or isinstance(value, Mapping):
+            return self.absent
+        if isinstance(value, list):
+            leaves = list(_leaves(value))
+            if not leaves:
+                return self.absent
+            return self.present or any(test(v) for v in leaves for test in self.tests)
+        return self.present or any(test(value) for test in self.tests)
+
+
+def _leaves(values: Sequence[object]) -> Any:
+    for value in values:
+        if isinstance(value, list):
+            yield from _leaves(value)
+        elif not isinstance(value, Mapping):
+            yield value
+
+
+def _objects(values: Sequence[object]) -> Any:
+    for value in values:
+        if isinstance(value, list):
+            yield from _objects(value)
+        elif isinstance(value, Mapping):
+            yield value
+
+
+@dataclass(frozen=True, slots=True)
+class _Object:
+    fields: tuple[tuple[str, _Leaf | _Object], ...]
+    ors: tuple[tuple[_Object, ...], ...]
+
+    def matches(self, event: object) -> bool:
+        if isinstance(event, list):  # objects in an array: one element at a time
+            return any(self.matches(one) for one in _objects(event))
+        if not isinstance(event, Mapping):
+            event = {}  # missing, or a leaf: only `exists: false` below can match
+        for key, condition in self.fields:
+            if not condition.matches(event.get(key, _MISSING)):
+                return False
+        return all(any(alt.matches(event) for alt in alts) for alts in self.ors)
+
+
+@final
+class Pattern:
+    """A compiled filter pattern; build it with `compile()`."""
+
+    __slots__ = ("_root", "source")
+
+    def __init__(self, root: _Object, source: Mapping[str, Any]) -> None:
+        self._root = root
+        #: the pattern as given (a mapping), e.g. to write it back as JSON
+        self.source = source
+
+    def matches(self, event: Mapping[str, Any]) -> bool:
+        """True when `event` (a parsed JSON object) matches the pattern."""
+        return self._root.matches(event)
+
+    def __repr__(self) -> str:
+        return f"Pattern({json.dumps(self.source, default=float)})"
+
+
+def compile(pattern: Mapping[str, Any] | str) -> Pattern:
+    """Compile `pattern` (a mapping, or JSON text) once; raises `PatternError` naming
+    the path and the rule broken when AWS would refuse it."""
+    if isinstance(pattern, str | bytes):
+        try:
+            parsed = json.loads(pattern, parse_float=_Number, parse_int=_Number)
+        except json.JSONDecodeError as exc:
+            raise PatternError(f"the filter pattern is not JSON: {exc}") from None
+    else:
+        parsed = pattern
+    if not isinstance(parsed, Mapping) or not parsed:
+        raise PatternError(
+            "a filter pattern is a JSON object with at least one key, such as "
+            '{"eventName": ["INSERT"]}'
+        )
+    return Pattern(_compile_object(parsed, ""), parsed)
+
+
+def _where(path: str) -> str:
+    return f"at {path}" if path else "at the top"
+
+
+def _compile_object(obj: Mapping[str, Any], path: str) -> _Object:
+    fields: list[tuple[str, _Leaf | _Object]] = []
+    ors: list[tuple[_Object, ...]] = []
+    for key, value in obj.items():
+        if not isinstance(key, str):
+            raise PatternError(f"{_where(path)}: key {key!r} is not a string")
+        here = f"{path}.{key}" if path else key
+        if key == "$or" and isinstance(value, list) and any(isinstance(v, Mapping) for v in value):
+            if len(value) < 2 or not all(isinstance(v, Mapping) and v for v in value):
+                raise PatternError(
+                    f"{here}: $or needs an array of at least two non-empty objects, each a "
+                    "pattern of its own"
+                )
+            ors.append(tuple(_compile_object(v, path) for v in value))
+        elif isinstance(value, Mapping):
+            if not value:
+                raise PatternError(f"{here}: an empty object matches nothing; remove the key")
+            if _OPERATORS & set(value):
+                raise PatternError(
+                    f"{here}: an operator ({', '.join(sorted(_OPERATORS & set(value)))}) must "
+                    'be inside an array, e.g. {"' + key + '": [{"prefix": "x"}]}'
+                )
+            fields.append((key, _compile_object(value, here)))
+        elif isinstance(value, list):
+            fields.append((key, _compile_leaf(value, here)))
+        else:
+            raise PatternError(
+                f"{here}: a value must be an array of conditions or an object, not "
+                f"{json.dumps(value, default=float)}; write [{json.dumps(value, default=float)}]"
+            )
+    return _Object(tuple(fields), tuple(ors))
+
+
+def _compile_leaf(values: list[Any], path: str) -> _Leaf:
+    if not values:
+        raise PatternError(f"{path}: an empty array matches nothing")
+    tests: list[_Test] = []
+    absent = present = False
+    for value in values:
+        if isinstance(value, Mapping):
+            if len(value) != 1:
+                raise PatternError(
+                    f"{path}: a condition object holds exactly one operator, not "
+                    f"{sorted(value) or 'none'}"
+                )
+            ((op, arg),) = value.items()
+            if op == "exists":
+                if not isinstance(arg, bool):
+                    raise PatternError(f"{path}: exists takes true or false, not {arg!r}")
+                if arg:
+                    present = True
+                else:
+                    absent = True
+                continue
+            tests.append(_compile_operator(op, arg, path))
+        elif isinstance(value, list):
+            raise PatternError(f"{path}: arrays do not nest in a pattern")
+        else:
+            tests.append(_exact(value))
+    return _Leaf(tuple(tests), absent, present)
+
+
+def _exact(expected: object) -> _Test:
+    if expected is None or isinstance(expected, bool):
+        return lambda v: v is expected
+    if isinstance(expected, str):
+        return lambda v: v == expected
+    text = _number_text(expected)
+    if text is None:
+        raise PatternError(f"{expected!r} is not a JSON value")
+    return lambda v: _number_text(v) == text
+
+
+def _string_arg(op: str, arg: object, path: str) -> str:
+    if not isinstance(arg, str):
+        raise PatternError(f"{path}: {op} takes a string, not {json.dumps(arg, default=float)}")
+    return arg
+
+
+def _compile_operator(op: str, arg: Any, path: str) -> _Test:
+    if op in ("prefix", "suffix"):
+        if isinstance(arg, Mapping):
+            if set(arg) != {"equals-ignore-case"}:
+                raise PatternError(
+                    f'{path}: {op} takes a string or {{"equals-ignore-case": string}}'
+                )
+            folded = _string_arg(f"{op} equals-ignore-case", arg["equals-ignore-case"], path)
+            folded = folded.lower()
+            if op == "prefix":
+                return lambda v: isinstance(v, str) and v.lower().startswith(folded)
+            return lambda v: isinstance(v, str) and v.lower().endswith(folded)
+        text = _string_arg(op, arg, path)
+        if op == "prefix":
+            return lambda v: isinstance(v, str) and v.startswith(text)
+        return lambda v: isinstance(v, str) and v.endswith(text)
+    if op == "equals-ignore-case":
+        folded = _string_arg(op, arg, path).lower()
+        return lambda v: isinstance(v, str) and v.lower() == folded
+    if op == "wildcard":
+        regex = _wildcard(_string_arg(op, arg, path), path)
+        return lambda v: isinstance(v, str) and regex.fullmatch(v) is not None
+    if op == "numeric":
+        return _numeric(arg, path)
+    if op == "cidr":
+        try:
+            network = ipaddress.ip_network(_string_arg(op, arg, path), strict=False)
+        except ValueError as exc:
+            raise PatternError(f"{path}: cidr {arg!r} is not an IP range: {exc}") from None
+        return lambda v: _in_network(v, network)
+    if op == "anything-but":
+        return _anything_but(arg, path)
+    raise PatternError(
+        f"{path}: unknown operator {op!r}; the operators are " + ", ".join(sorted(_OPERATORS))
+    )
+
+
+def _in_network(value: object, network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        return ipaddress.ip_address(value) in network
+    except ValueError:
+        return False
+
+
+def _wildcard(text: str, path: str) -> re.Pattern[str]:
+    parts: list[str] = []
+    i = 0
+    while i < len(text):
+        char = text[i]
+        if char == "\\":
+            following = text[i + 1 : i + 2]
+            if following not in ("*", "\\"):
+                raise PatternError(
+                    f"{path}: wildcard {text!r} has an escape other than \\* or \\\\"
+                )
+            parts.append(re.escape(following))
+            i += 2
+            continue
+        if char == "*":
+            if text[i + 1 : i + 2] == "*":
+                raise PatternError(f"{path}: wildcard {text!r} has consecutive * characters")
+            parts.append(".*")
+        else:
+            parts.append(re.escape(char))
+        i += 1
+    return re.compile("".join(parts), re.DOTALL)
+
+
+def _numeric(arg: object, path: str) -> _Test:
+    if not isinstance(arg, list) or len(arg) not in (2, 4):
+        raise PatternError(
+            f'{path}: numeric takes [op, number] or a range [">", low, "<=", high], not '
+            f"{json.dumps(arg, default=float)}"
+        )
+    bounds: list[tuple[str, float]] = []
+    for op, number in zip(arg[::2], arg[1::2], strict=True):
+        if op not in _NUMERIC_OPS:
+            raise PatternError(
+                f"{path}: numeric operator {op!r} is not one of {', '.join(_NUMERIC_OPS)}"
+            )
+        if not _is_number(number):
+            raise PatternError(f"{path}: numeric {op} needs a number, not {number!r}")
+        bounds.append((op, float(number)))
+    if len(bounds) == 2:
+        (low_op, low), (high_op, high) = bounds
+        if low_op not in (">", ">=") or high_op not in ("<", "<=") or low > high:
+            raise PatternError(
+                f"{path}: a numeric range is a lower bound (> or >=) then a higher upper "
+                f"bound (< or <=), not {json.dumps(arg, default=float)}"
+            )
+
+    def test(value: object) -> bool:
+        if not _is_number(value):
+            return False
+        number = float(value)  # type: ignore[arg-type]
+        return all(_compare(number, op, bound) for op, bound in bounds)
+
+    return test
+
+
+def _compare(value: float, op: str, bound: float) -> bool:
+    if op == "=":
+        return value == bound
+    if op == "<":
+        return value < bound
+    if op == "<=":
+        return value <= bound
+    if op == ">":
+        return value > bound
+    return value >= bound
+
+
+def _anything_but(arg: Any, path: str) -> _Test:
+    if isinstance(arg, Mapping):
+        if len(arg) != 1 or next(iter(arg)) not in (
+            "prefix",
+            "suffix",
+            "equals-ignore-case",
+            "wildcard",
+        ):
+            raise PatternError(
+                f"{path}: anything-but wraps one of prefix, suffix, equals-ignore-case or "
+                f"wildcard, not {sorted(arg)}"
+            )
+        ((op, inner),) = arg.items()
+        values = inner if isinstance(inner, list) else [inner]
+        if not values:
+            raise PatternError(f"{path}: anything-but {op} has an empty array")
+        tests = [_compile_operator(op, value, f"{path} anything-but") for value in values]
+        return lambda v: isinstance(v, str) and not any(test(v) for test in tests)
+    values = arg if isinstance(arg, list) else [arg]
+    if not values:
+        raise PatternError(f"{path}: anything-but has an empty array")
+    if all(isinstance(v, str) for v in values):
+        strings = frozenset(values)
+        return lambda v: not (isinstance(v, str) and v in strings)
+    if all(_is_number(v) for v in values):
+        texts = frozenset(_number_text(v) for v in values)
+        return lambda v: _number_text(v) not in texts
+    raise PatternError(
+        f"{path}: anything-but takes a string, a number, or an array of all strings or all "
+        f"numbers, not {json.dumps(arg, default=float)}"
+    )
