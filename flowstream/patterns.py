@@ -23,7 +23,7 @@ from typing import Any, Final, final
 
 from flowstream.errors import PipelineError
 
-__all__ = ["Pattern", "PatternError", "compile"]
+__all__ = ["Pattern", "PatternError", "compile", "to_json"]
 
 
 class PatternError(PipelineError):
@@ -59,6 +59,18 @@ class _Number(float):
         number = super().__new__(cls, text)
         number.text = text
         return number
+
+
+def to_json(value: object) -> str:
+    """Compact JSON text of a pattern (or part of one), numbers written as they were
+    given: Lambda compares numbers by their text, so 3.0e2 must stay 3.0e2."""
+    if isinstance(value, _Number):
+        return value.text
+    if isinstance(value, Mapping):
+        return "{" + ",".join(f"{json.dumps(k)}:{to_json(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(to_json(v) for v in value) + "]"
+    return json.dumps(value)
 
 
 def _number_text(value: object) -> str | None:
@@ -141,8 +153,12 @@ class Pattern:
         """True when `event` (a parsed JSON object) matches the pattern."""
         return self._root.matches(event)
 
+    def json(self) -> str:
+        """The pattern as compact JSON text (numbers as they were written)."""
+        return to_json(self.source)
+
     def __repr__(self) -> str:
-        return f"Pattern({json.dumps(self.source, default=float)})"
+        return f"Pattern({self.json()})"
 
 
 def compile(pattern: Mapping[str, Any] | str) -> Pattern:

@@ -8,15 +8,17 @@ so every mistake that can be seen while building is reported there, as a
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, final, overload
 
 import anyio
 
+from flowstream import patterns
 from flowstream.callables import callable_name, is_async_callable
 from flowstream.errors import PipelineError
+from flowstream.patterns import Pattern, PatternError
 from flowstream.plan import Filter, FlatMap, Map, Plan, Route, Step
 from flowstream.policy import FailurePolicy
 from flowstream.record import EventName, Record
@@ -33,6 +35,8 @@ __all__ = ["Pipeline", "When", "when"]
 
 T = TypeVar("T")
 U = TypeVar("U")
+#: A filter pattern: a mapping, JSON text, or one compiled with `flowstream.patterns`.
+PatternSpec = Mapping[str, Any] | str | Pattern
 
 _VALID_EVENTS = ", ".join(e.value for e in EventName)
 
@@ -158,17 +162,30 @@ class Pipeline(Generic[T]):
         predicate: Callable[[T], object] | None = None,
         *,
         events: Iterable[str] | str | None = None,
+        pattern: PatternSpec | Sequence[PatternSpec] | None = None,
+        n_as_numbers: bool = False,
         on_failure: FailurePolicy | None = None,
     ) -> Pipeline[T]:
         """Keep elements where `predicate(element)` is true (any truthy value; a sync or
         async function), and/or whose originating record's event name is in `events`
-        (also after a `map`). `on_failure` overrides the pipeline's failure policy for
-        this step's predicate."""
+        (also after a `map`), and/or whose originating record matches the Lambda /
+        EventBridge filter `pattern` (a mapping, JSON text or a compiled `Pattern`; a
+        list keeps records matching any of them), matched as Lambda matches its JSON
+        shape. `n_as_numbers=True` lets `numeric` compare ``N`` values, which Lambda
+        cannot. All given conditions must hold. `on_failure` overrides the pipeline's
+        failure policy for this step's predicate."""
         self._check_open("filter")
-        if predicate is None and events is None:
+        if predicate is None and events is None and pattern is None:
             raise PipelineError(
-                f"{self._where('filter')} has neither a predicate nor events=; pass "
-                "a function, events=['INSERT', 'MODIFY', 'REMOVE'] or both"
+                f"{self._where('filter')} has neither a predicate, events= nor pattern=; "
+                "pass a function, events=['INSERT', 'MODIFY', 'REMOVE'], a filter pattern, "
+                "or several of them"
+            )
+        compiled = None if pattern is None else self._patterns(pattern)
+        if n_as_numbers and compiled is None:
+            raise PipelineError(
+                f"{self._where('filter')} has n_as_numbers=True but no pattern=; it applies "
+                "to filter patterns only"
             )
         if predicate is not None:
             self._check_callable(predicate, "filter")
@@ -178,8 +195,29 @@ class Pipeline(Generic[T]):
             names,
             is_async_callable(predicate) if predicate is not None else False,
             self._step_policy(on_failure, "filter"),
+            compiled,
+            n_as_numbers,
         )
         return self._next(step)
+
+    def _patterns(self, spec: PatternSpec | Sequence[PatternSpec]) -> tuple[Pattern, ...]:
+        specs = [spec] if isinstance(spec, Mapping | str | Pattern) else list(spec)
+        if not specs:
+            raise PipelineError(
+                f"{self._where('filter')} got pattern=[]; pass a filter pattern or a list "
+                "of at least one"
+            )
+        out = []
+        for number, one in enumerate(specs, start=1):
+            if isinstance(one, Pattern):
+                out.append(one)
+                continue
+            try:
+                out.append(patterns.compile(one))
+            except PatternError as exc:
+                which = f" (pattern {number})" if len(specs) > 1 else ""
+                raise PatternError(f"{self._where('filter')}{which}: {exc}") from None
+        return tuple(out)
 
     def _event_names(self, events: Iterable[str] | str) -> frozenset[EventName]:
         if isinstance(events, str):

@@ -17,8 +17,10 @@ from types import CoroutineType
 from typing import Any
 
 from flowstream.callables import callable_name
+from flowstream.patterns import Pattern
 from flowstream.policy import FailurePolicy
 from flowstream.record import EventName, Record
+from flowstream.record_view import lambda_view
 from flowstream.sinks.base import Sink
 
 __all__ = ["Filter", "FlatMap", "Map", "Plan", "Processed", "Route", "Step", "StepFailure"]
@@ -30,11 +32,20 @@ class Filter:
     events: frozenset[EventName] | None
     is_async: bool = False
     policy: FailurePolicy | None = None
+    #: filter patterns, ORed, matched against the originating record in Lambda's shape
+    patterns: tuple[Pattern, ...] | None = None
+    #: the opt-in that shows ``N`` values to the patterns as numbers
+    n_as_numbers: bool = False
 
     def describe(self) -> str:
         parts = []
         if self.events is not None:
             parts.append("events=[" + ", ".join(sorted(self.events)) + "]")
+        if self.patterns is not None:
+            shown = [pattern.json() for pattern in self.patterns]
+            parts.append("pattern=" + (shown[0] if len(shown) == 1 else f"[{', '.join(shown)}]"))
+            if self.n_as_numbers:
+                parts.append("n_as_numbers=True")
         if self.predicate is not None:
             parts.append(callable_name(self.predicate))
         return f"filter({', '.join(parts)})"
@@ -311,6 +322,8 @@ async def _filter(
         if len(keep) != len(values):
             values = [values[i] for i in keep]
             origins = [origins[i] for i in keep]
+    if step.patterns is not None:
+        values, origins = _match_patterns(step, records, values, origins)
     predicate = step.predicate
     if predicate is None:
         return values, origins
@@ -328,6 +341,25 @@ async def _filter(
                 kept_origins.append(origins[n])
     except Exception as exc:
         raise _ElementError(origins[n], exc, kept_values, kept_origins) from exc
+    return kept_values, kept_origins
+
+
+def _match_patterns(
+    step: Filter, records: Sequence[Record], values: list[Any], origins: list[int]
+) -> tuple[list[Any], list[int]]:
+    patterns = step.patterns or ()
+    numbers = step.n_as_numbers
+    verdicts: dict[int, bool] = {}  # per record: the elements of one record share it
+    kept_values: list[Any] = []
+    kept_origins: list[int] = []
+    for value, origin in zip(values, origins, strict=True):
+        verdict = verdicts.get(origin)
+        if verdict is None:
+            view = lambda_view(records[origin], numbers=numbers)
+            verdict = verdicts[origin] = any(pattern.matches(view) for pattern in patterns)
+        if verdict:
+            kept_values.append(value)
+            kept_origins.append(origin)
     return kept_values, kept_origins
 
 

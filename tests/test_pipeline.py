@@ -216,7 +216,7 @@ class TestFilterErrors:
             "neither-predicate-nor-events": (
                 lambda: base().filter(),
                 [
-                    ".filter() at step 1 has neither a predicate nor events=",
+                    ".filter() at step 1 has neither a predicate, events= nor pattern=",
                     "events=['INSERT', 'MODIFY', 'REMOVE']",
                 ],
             ),

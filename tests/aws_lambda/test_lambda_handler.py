@@ -560,6 +560,40 @@ class TestFilterCriteria:
             pipeline.lambda_filter_criteria()
         assert names in str(raised.value)
 
+    def test_pattern_filters_become_the_mapping_filters_narrowed_to_the_events(self) -> None:
+        active = {"dynamodb": {"NewImage": {"status": {"S": ["active"]}}}}
+        big = '{"dynamodb": {"NewImage": {"total": {"N": [{"anything-but": "0"}]}}}}'
+        pipeline = (
+            fs.Pipeline(stream_of(0))
+            .filter(events=["INSERT", "MODIFY"])
+            .filter(pattern=[active, big])
+            .filter(pattern={"eventName": ["REMOVE"]})  # a second pattern filter: not merged
+            .to(sinks.collect())
+        )
+        filters = pipeline.lambda_filter_criteria()["Filters"]
+        assert [json.loads(f["Pattern"]) for f in filters] == [
+            {**active, "eventName": ["INSERT", "MODIFY"]},
+            {**json.loads(big), "eventName": ["INSERT", "MODIFY"]},
+        ]
+
+    def test_a_pattern_keeps_numbers_as_written(self) -> None:
+        pipeline = (
+            fs.Pipeline(stream_of(0))
+            .filter(pattern='{"dynamodb": {"SizeBytes": [3.0e2]}}')
+            .to(sinks.collect())
+        )
+        (only,) = pipeline.lambda_filter_criteria()["Filters"]
+        assert only["Pattern"] == '{"dynamodb":{"SizeBytes":[3.0e2]}}'
+
+    def test_n_as_numbers_cannot_be_a_lambda_filter(self) -> None:
+        pipeline = (
+            fs.Pipeline(stream_of(0), name="orders")
+            .filter(pattern={"dynamodb": {"Keys": {"n": {"N": [1]}}}}, n_as_numbers=True)
+            .to(sinks.collect())
+        )
+        with pytest.raises(PipelineError, match="compares N values as numbers"):
+            pipeline.lambda_filter_criteria()
+
     def test_filters_that_keep_nothing_are_refused(self) -> None:
         pipeline = (
             fs.Pipeline(stream_of(0))
