@@ -25,6 +25,7 @@ BENCHMARKS = [
     ("sinks", "bench_sinks"),
     ("leases", "bench_leases"),
     ("lambda", "bench_lambda"),
+    ("patterns", "bench_patterns"),
 ]
 
 

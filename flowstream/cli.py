@@ -56,6 +56,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     replay.add_argument(
         "--only-pipeline", metavar="NAME", help="replay only the letters this pipeline wrote"
     )
+    pattern = commands.add_parser(
+        "pattern",
+        help="test a Lambda/EventBridge filter pattern against records",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Print the records that match PATTERN, one JSON line each, as Lambda's filter "
+            "would keep them (a record is matched in Lambda's JSON shape). RECORDS is a "
+            "jsonl file (or - for standard input) of stream records, Lambda event records, "
+            'or whole Lambda events ({"Records": [...]}). Exit status: 0 when a record '
+            "matched, 1 when none did, 2 on an error (an invalid pattern, unreadable input)."
+        ),
+        epilog=(
+            "example:\n  flowstream pattern "
+            '\'{"eventName": ["MODIFY"], "dynamodb": {"NewImage": '
+            '{"status": {"S": ["active"]}}}}\' changes.jsonl'
+        ),
+    )
+    pattern.add_argument("pattern", help="the pattern: JSON text, or @FILE to read it from FILE")
+    pattern.add_argument(
+        "records", nargs="?", default="-", help="a jsonl file of records (default: stdin)"
+    )
+    pattern.add_argument(
+        "--n-as-numbers",
+        action="store_true",
+        help="compare N values as numbers (flowstream's opt-in; Lambda cannot)",
+    )
+    pattern.add_argument("--count", action="store_true", help="print only how many records matched")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "demo":
@@ -71,6 +98,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except FlowstreamError as exc:
             print(f"flowstream demo: error: {exc}", file=sys.stderr)
             return 1
+    if args.command == "pattern":
+        from flowstream.pattern_cli import test_pattern
+
+        return test_pattern(args.pattern, args.records, args.n_as_numbers, args.count)
     if args.command == "replay":
         return _replay(args.letters, args.pipeline, args.only_pipeline)
     return 0

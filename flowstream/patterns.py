@@ -19,7 +19,7 @@ import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, final
+from typing import Any, Final, cast, final
 
 from flowstream.errors import PipelineError
 
@@ -91,19 +91,31 @@ class _Leaf:
     """The ORed conditions of one key; `absent` says whether a missing key (or one
     holding an object: conditions apply to leaves only) matches."""
 
-    tests: tuple[_Test, ...]
+    strings: frozenset[str]  # the exact strings: one set lookup (the common case)
+    tests: tuple[_Test, ...]  # every other condition
     absent: bool
     present: bool  # an `exists: true` among the conditions
 
     def matches(self, value: object) -> bool:
-        if value is _MISSING or isinstance(value, Mapping):
+        cls = value.__class__
+        if cls is str:  # the hot path: checks by type, not isinstance against an ABC
+            return self.present or value in self.strings or self._tested(value)
+        if cls is dict or value is _MISSING:
             return self.absent
-        if isinstance(value, list):
-            leaves = list(_leaves(value))
+        if cls is list:
+            leaves = list(_leaves(value))  # type: ignore[arg-type]
             if not leaves:
                 return self.absent
-            return self.present or any(test(v) for v in leaves for test in self.tests)
-        return self.present or any(test(value) for test in self.tests)
+            return self.present or any(self._one(v) for v in leaves)
+        if isinstance(value, Mapping):
+            return self.absent
+        return self.present or self._tested(value)
+
+    def _one(self, value: object) -> bool:
+        return (value.__class__ is str and value in self.strings) or self._tested(value)
+
+    def _tested(self, value: object) -> bool:
+        return any(test(value) for test in self.tests) if self.tests else False
 
 
 def _leaves(values: Sequence[object]) -> Any:
@@ -128,14 +140,16 @@ class _Object:
     ors: tuple[tuple[_Object, ...], ...]
 
     def matches(self, event: object) -> bool:
-        if isinstance(event, list):  # objects in an array: one element at a time
-            return any(self.matches(one) for one in _objects(event))
-        if not isinstance(event, Mapping):
-            event = {}  # missing, or a leaf: only `exists: false` below can match
+        if event.__class__ is not dict:
+            if isinstance(event, list):  # objects in an array: one element at a time
+                return any(self.matches(one) for one in _objects(event))
+            if not isinstance(event, Mapping):
+                event = {}  # missing, or a leaf: only `exists: false` below can match
+        mapping = cast(Mapping[str, object], event)
         for key, condition in self.fields:
-            if not condition.matches(event.get(key, _MISSING)):
+            if not condition.matches(mapping.get(key, _MISSING)):
                 return False
-        return all(any(alt.matches(event) for alt in alts) for alts in self.ors)
+        return all(any(alt.matches(mapping) for alt in alts) for alts in self.ors)
 
 
 @final
@@ -219,6 +233,7 @@ def _compile_object(obj: Mapping[str, Any], path: str) -> _Object:
 def _compile_leaf(values: list[Any], path: str) -> _Leaf:
     if not values:
         raise PatternError(f"{path}: an empty array matches nothing")
+    strings: set[str] = set()
     tests: list[_Test] = []
     absent = present = False
     for value in values:
@@ -240,9 +255,11 @@ def _compile_leaf(values: list[Any], path: str) -> _Leaf:
             tests.append(_compile_operator(op, arg, path))
         elif isinstance(value, list):
             raise PatternError(f"{path}: arrays do not nest in a pattern")
+        elif isinstance(value, str):
+            strings.add(value)
         else:
             tests.append(_exact(value))
-    return _Leaf(tuple(tests), absent, present)
+    return _Leaf(frozenset(strings), tuple(tests), absent, present)
 
 
 def _exact(expected: object) -> _Test:
