@@ -5,9 +5,10 @@ The grammar and the matching rules are AWS's (aws/event-ruler's README is the
 reference): a pattern is an object whose keys are ANDed; a key holds either a nested
 object or an array of leaf conditions, ORed. An array in the event matches when any of
 its elements does, and objects inside event arrays are matched one element at a time
-(two fields never match in two different elements). Exact numbers compare by their JSON
-text, as Lambda does (``300``, ``300.0`` and ``3.0e2`` differ); ``numeric`` compares
-JSON numbers only.
+(two fields never match in two different elements). Numbers compare as numbers, in exact
+matches too (``300``, ``300.0`` and ``3.0e2`` are equal): that is what event-ruler, the
+engine behind both services, does, though Lambda's page says they differ; a number never
+equals a string. ``numeric`` compares JSON numbers only, as IEEE-754 doubles.
 
 Invalid patterns raise `PatternError` from `compile()`, naming the path and the rule.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -45,8 +47,11 @@ _OPERATORS: Final = frozenset(
         "numeric",
         "exists",
         "cidr",
+        "exactly",
     }
 )
+#: Keys that make an array under "$or" conditions of a field named "$or", not patterns.
+_RESERVED: Final = _OPERATORS | {"=", "<", "<=", ">", ">="}
 
 
 class _Number(float):
@@ -73,17 +78,20 @@ def to_json(value: object) -> str:
     return json.dumps(value)
 
 
-def _number_text(value: object) -> str | None:
-    """The JSON text of a number (None for anything else)."""
-    if isinstance(value, _Number):
-        return value.text
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return json.dumps(value)
-
-
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _as_double(value: object) -> float | None:
+    """A JSON number of the event as a finite double, else None (strings, booleans, and
+    numbers a double cannot hold never match a number)."""
+    if not _is_number(value):
+        return None
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,17 +147,38 @@ class _Object:
     fields: tuple[tuple[str, _Leaf | _Object], ...]
     ors: tuple[tuple[_Object, ...], ...]
 
-    def matches(self, event: object) -> bool:
+    def matches(self, event: object, siblings: Sequence[Mapping[str, object]] = ()) -> bool:
+        """`siblings`: the objects of the event array `event` is an element of."""
         if event.__class__ is not dict:
             if isinstance(event, list):  # objects in an array: one element at a time
-                return any(self.matches(one) for one in _objects(event))
+                objects = list(_objects(event))
+                if not objects:
+                    return self.matches({})
+                return any(self.matches(one, objects) for one in objects)
             if not isinstance(event, Mapping):
                 event = {}  # missing, or a leaf: only `exists: false` below can match
         mapping = cast(Mapping[str, object], event)
         for key, condition in self.fields:
-            if not condition.matches(mapping.get(key, _MISSING)):
+            value = mapping.get(key, _MISSING)
+            if not condition.matches(value):
                 return False
-        return all(any(alt.matches(mapping) for alt in alts) for alts in self.ors)
+            if (
+                siblings
+                and value is _MISSING
+                and isinstance(condition, _Leaf)
+                and condition.absent
+                and any(_has_leaf(one.get(key, _MISSING)) for one in siblings)
+            ):
+                return False  # absence is decided over the whole array (event-ruler)
+        return all(any(alt.matches(mapping, siblings) for alt in alts) for alts in self.ors)
+
+
+def _has_leaf(value: object) -> bool:
+    if value is _MISSING or isinstance(value, Mapping):
+        return False
+    if isinstance(value, list):
+        return any(True for _ in _leaves(value))
+    return True
 
 
 @final
@@ -204,8 +233,8 @@ def _compile_object(obj: Mapping[str, Any], path: str) -> _Object:
         if not isinstance(key, str):
             raise PatternError(f"{_where(path)}: key {key!r} is not a string")
         here = f"{path}.{key}" if path else key
-        if key == "$or" and isinstance(value, list) and any(isinstance(v, Mapping) for v in value):
-            if len(value) < 2 or not all(isinstance(v, Mapping) and v for v in value):
+        if key == "$or" and _is_or(value):
+            if len(value) < 2 or not all(v for v in value):
                 raise PatternError(
                     f"{here}: $or needs an array of at least two non-empty objects, each a "
                     "pattern of its own"
@@ -228,6 +257,31 @@ def _compile_object(obj: Mapping[str, Any], path: str) -> _Object:
                 f"{json.dumps(value, default=float)}; write [{json.dumps(value, default=float)}]"
             )
     return _Object(tuple(fields), tuple(ors))
+
+
+def _is_or(value: object) -> bool:
+    """An `$or` holds patterns: objects without an operator among their keys, at any
+    depth (otherwise event-ruler reads `$or` as a field name)."""
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(v, Mapping) and not _has_reserved(v) for v in value)
+    )
+
+
+def _has_reserved(obj: Mapping[str, Any]) -> bool:
+    for key, value in obj.items():
+        if key in _RESERVED:
+            return True
+        if isinstance(value, Mapping) and _has_reserved(value):
+            return True
+        if (
+            key == "$or"
+            and isinstance(value, list)
+            and any(isinstance(v, Mapping) and _has_reserved(v) for v in value)
+        ):
+            return True
+    return False
 
 
 def _compile_leaf(values: list[Any], path: str) -> _Leaf:
@@ -267,10 +321,10 @@ def _exact(expected: object) -> _Test:
         return lambda v: v is expected
     if isinstance(expected, str):
         return lambda v: v == expected
-    text = _number_text(expected)
-    if text is None:
-        raise PatternError(f"{expected!r} is not a JSON value")
-    return lambda v: _number_text(v) == text
+    number = _as_double(expected)
+    if number is None:
+        raise PatternError(f"{expected!r} is not a JSON value a double can hold")
+    return lambda v: _as_double(v) == number
 
 
 def _string_arg(op: str, arg: object, path: str) -> str:
@@ -303,11 +357,20 @@ def _compile_operator(op: str, arg: Any, path: str) -> _Test:
         return lambda v: isinstance(v, str) and regex.fullmatch(v) is not None
     if op == "numeric":
         return _numeric(arg, path)
+    if op == "exactly":  # event-ruler's explicit exact match
+        text = _string_arg(op, arg, path)
+        return lambda v: v == text
     if op == "cidr":
         try:
             network = ipaddress.ip_network(_string_arg(op, arg, path), strict=False)
         except ValueError as exc:
             raise PatternError(f"{path}: cidr {arg!r} is not an IP range: {exc}") from None
+        if "/" not in arg or network.prefixlen == network.max_prefixlen:
+            raise PatternError(
+                f"{path}: cidr {arg!r} must be a range with fewer than "
+                f"{network.max_prefixlen} mask bits (as 10.0.0.0/24); match one address "
+                "exactly instead"
+            )
         return lambda v: _in_network(v, network)
     if op == "anything-but":
         return _anything_but(arg, path)
@@ -361,21 +424,24 @@ def _numeric(arg: object, path: str) -> _Test:
             raise PatternError(
                 f"{path}: numeric operator {op!r} is not one of {', '.join(_NUMERIC_OPS)}"
             )
-        if not _is_number(number):
-            raise PatternError(f"{path}: numeric {op} needs a number, not {number!r}")
-        bounds.append((op, float(number)))
+        bound = _as_double(number)
+        if bound is None:
+            raise PatternError(
+                f"{path}: numeric {op} needs a number a double can hold, not {number!r}"
+            )
+        bounds.append((op, bound))
     if len(bounds) == 2:
         (low_op, low), (high_op, high) = bounds
-        if low_op not in (">", ">=") or high_op not in ("<", "<=") or low > high:
+        if low_op not in (">", ">=") or high_op not in ("<", "<=") or low >= high:
             raise PatternError(
                 f"{path}: a numeric range is a lower bound (> or >=) then a higher upper "
                 f"bound (< or <=), not {json.dumps(arg, default=float)}"
             )
 
     def test(value: object) -> bool:
-        if not _is_number(value):
+        number = _as_double(value)
+        if number is None:
             return False
-        number = float(value)  # type: ignore[arg-type]
         return all(_compare(number, op, bound) for op, bound in bounds)
 
     return test
@@ -409,8 +475,11 @@ def _anything_but(arg: Any, path: str) -> _Test:
         values = inner if isinstance(inner, list) else [inner]
         if not values:
             raise PatternError(f"{path}: anything-but {op} has an empty array")
+        if op in ("prefix", "suffix") and "" in values:
+            raise PatternError(f"{path}: anything-but {op} needs a non-empty string")
         tests = [_compile_operator(op, value, f"{path} anything-but") for value in values]
-        return lambda v: isinstance(v, str) and not any(test(v) for test in tests)
+        # a value that is not a string can never be ruled out by them: it matches
+        return lambda v: not (isinstance(v, str) and any(test(v) for test in tests))
     values = arg if isinstance(arg, list) else [arg]
     if not values:
         raise PatternError(f"{path}: anything-but has an empty array")
@@ -418,8 +487,10 @@ def _anything_but(arg: Any, path: str) -> _Test:
         strings = frozenset(values)
         return lambda v: not (isinstance(v, str) and v in strings)
     if all(_is_number(v) for v in values):
-        texts = frozenset(_number_text(v) for v in values)
-        return lambda v: _number_text(v) not in texts
+        numbers = frozenset(_as_double(v) for v in values)
+        if None in numbers:
+            raise PatternError(f"{path}: anything-but has a number a double cannot hold")
+        return lambda v: v.__class__ is str or _as_double(v) not in numbers
     raise PatternError(
         f"{path}: anything-but takes a string, a number, or an array of all strings or all "
         f"numbers, not {json.dumps(arg, default=float)}"

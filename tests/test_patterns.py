@@ -66,12 +66,39 @@ class TestValues:
         ("text", "expected"),
         [
             ('{"detail": {"c-count": [300]}}', True),
-            ('{"detail": {"c-count": [300.0]}}', False),
-            ('{"detail": {"c-count": [3.0e2]}}', False),
+            ('{"detail": {"c-count": [300.0]}}', True),
+            ('{"detail": {"c-count": [3.0e2]}}', True),
+            ('{"detail": {"c-count": ["300"]}}', False),
+            ('{"detail": {"c-count": [{"anything-but": [3e2]}]}}', False),
+            ('{"detail": {"c-count": [{"anything-but": ["300"]}]}}', True),
         ],
     )
-    def test_numbers_compare_by_their_json_text(self, text: str, expected: bool) -> None:
+    def test_numbers_compare_as_numbers_never_as_strings(self, text: str, expected: bool) -> None:
+        # event-ruler (the engine) adds a numeric equality for every number of a pattern
         assert matches(text) is expected
+
+    def test_exists_false_is_decided_over_the_whole_array(self) -> None:
+        pattern = {"p": {"pet": [{"exists": False}]}}
+        assert not matches(pattern, {"p": [{"pet": 1}, {"first": "Bob"}]})
+        assert matches(pattern, {"p": [{"first": "Ann"}, {"first": "Bob"}]})
+        assert matches(pattern, {"p": ["x"]})
+        assert matches(pattern, {"p": []})
+
+    def test_anything_but_a_string_operator_keeps_values_that_are_not_strings(self) -> None:
+        for value in (5, True, None, [5, "xy"]):
+            assert matches({"v": [{"anything-but": {"prefix": "x"}}]}, {"v": value})
+        assert not matches({"v": [{"anything-but": {"prefix": "x"}}]}, {"v": "xy"})
+
+    def test_or_of_operator_objects_is_a_field_named_or(self) -> None:
+        assert matches({"$or": [{"prefix": "z"}, {"suffix": "q"}]}, {"$or": "zebra"})
+        assert not matches({"$or": [{"prefix": "z"}, {"suffix": "q"}]}, {"$or": "cat"})
+
+    def test_numbers_beyond_a_double_never_match(self) -> None:
+        assert not matches({"n": [{"numeric": [">", 0]}]}, {"n": 10**400})
+        assert not matches({"n": [{"numeric": [">", 0]}]}, {"n": float("inf")})
+
+    def test_exactly(self) -> None:
+        assert matches({"detail": {"state": [{"exactly": "running"}]}})
 
     def test_objects_in_arrays_match_one_element_at_a_time(self) -> None:
         event = {"people": [{"first": "Anna", "last": "Smith"}, {"first": "John", "last": "Jones"}]}
@@ -173,6 +200,11 @@ class TestInvalid:
             ({"a": [{"wildcard": "a**b"}]}, "consecutive"),
             ({"a": [{"wildcard": "a\\b"}]}, "escape"),
             ({"a": [{"cidr": "10.0.0.0/99"}]}, "not an IP range"),
+            ({"a": [{"cidr": "10.0.0.1"}]}, "must be a range"),
+            ({"a": [{"cidr": "10.0.0.1/32"}]}, "fewer than 32 mask bits"),
+            ({"a": [{"numeric": [">=", 5, "<=", 5]}]}, "lower bound"),
+            ({"a": [{"numeric": [">", 1e308 * 10]}]}, "a double can hold"),
+            ({"a": [{"anything-but": {"prefix": ""}}]}, "non-empty string"),
             ({"a": [{"prefix": "x", "suffix": "y"}]}, "exactly one operator"),
             ({"a": {"prefix": "x"}}, "must be inside an array"),
             ({}, "at least one key"),
