@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import inspect
 import logging
 import sys
 from collections.abc import Sequence
@@ -23,7 +24,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="flowstream", description="Process DynamoDB change streams."
     )
+    parser.add_argument("--version", action="version", version=f"flowstream {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
+    lint = commands.add_parser(
+        "lint",
+        help="build a pipeline and print its plan, or the mistake that stops it",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Import TARGET, build the pipeline and print its plan. A mistake (a "
+            "PipelineError, also one raised while importing TARGET, or a pipeline with "
+            "nothing at its end) is printed on one line and exits 1; nothing is read "
+            "and no AWS call is made."
+        ),
+        epilog=(
+            "example:\n  flowstream lint myapp.pipelines:orders\n"
+            "  flowstream lint jobs/orders.py:build"
+        ),
+    )
+    lint.add_argument(
+        "target",
+        metavar="TARGET",
+        help="MODULE:NAME or path/to/file.py:NAME: a Pipeline or a function returning one",
+    )
     demo = commands.add_parser(
         "demo",
         help="run the embedded demo: a cache invalidator over a local DynamoDB table",
@@ -98,6 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except FlowstreamError as exc:
             print(f"flowstream demo: error: {exc}", file=sys.stderr)
             return 1
+    if args.command == "lint":
+        return _lint(args.target)
     if args.command == "pattern":
         from flowstream.pattern_cli import test_pattern
 
@@ -127,13 +151,33 @@ def _replay(letters: str, where: str, only_pipeline: str | None) -> int:
     return 0
 
 
-def load_pipeline(where: str) -> Pipeline[Any]:
+def _version() -> str:
+    from flowstream import __version__
+
+    return __version__
+
+
+def _lint(target: str) -> int:
+    try:
+        pipeline = load_pipeline(target, option="TARGET")
+        print(pipeline.describe())
+        pipeline.compile()
+    except FlowstreamError as exc:
+        print(f"flowstream lint: error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # the user's module raised while being imported or built
+        print(f"flowstream lint: error: {target}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def load_pipeline(where: str, *, option: str = "--pipeline") -> Pipeline[Any]:
     """The pipeline at ``module:name`` or ``path/to/file.py:name``: a `Pipeline`, or a
     function taking no arguments that returns one."""
     module_name, _, name = where.rpartition(":")
     if not module_name or not name:
         raise PipelineError(
-            f"--pipeline {where!r} is not MODULE:NAME; write e.g. myapp.pipelines:orders "
+            f"{option} {where!r} is not MODULE:NAME; write e.g. myapp.pipelines:orders "
             "or jobs/orders.py:build_pipeline"
         )
     try:
@@ -147,15 +191,17 @@ def load_pipeline(where: str) -> Pipeline[Any]:
             module = importlib.import_module(module_name)
     except (ImportError, OSError) as exc:
         raise PipelineError(
-            f"--pipeline {where!r}: cannot import {module_name}: {exc}; check the module "
+            f"{option} {where!r}: cannot import {module_name}: {exc}; check the module "
             "path (run from the directory it is importable from) or give a .py file"
         ) from None
     found = getattr(module, name, None)
     if found is not None and not isinstance(found, Pipeline) and callable(found):
         found = found()
     if not isinstance(found, Pipeline):
+        if inspect.iscoroutine(found):
+            found.close()  # an async function was named: never awaited, so no warning
         raise PipelineError(
-            f"--pipeline {where!r}: {name} in {module_name} is "
+            f"{option} {where!r}: {name} in {module_name} is "
             f"{'missing' if found is None else type(found).__name__}, not a Pipeline; name "
             "a Pipeline or a function with no arguments that returns one"
         )
