@@ -356,7 +356,11 @@ def _match_patterns(
         verdict = verdicts.get(origin)
         if verdict is None:
             view = lambda_view(records[origin], numbers=numbers)
-            verdict = verdicts[origin] = any(pattern.matches(view) for pattern in patterns)
+            try:
+                verdict = any(pattern.matches(view) for pattern in patterns)
+            except Exception as exc:  # a record that cannot be read: the failure policy's
+                raise _ElementError(origin, exc, kept_values, kept_origins) from exc
+            verdicts[origin] = verdict
         if verdict:
             kept_values.append(value)
             kept_origins.append(origin)

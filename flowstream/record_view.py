@@ -16,28 +16,34 @@ from typing import Any, Final
 
 import msgspec
 
-from flowstream.record import Record
+from flowstream.errors import RecordDecodeError
+from flowstream.record import _ATTRIBUTES, Record
 
 __all__ = ["lambda_view"]
 
-_ATTRIBUTES: Final = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _decode: Final = msgspec.json.decode
 
 
 class _Image(Mapping[str, Any]):
     """A DynamoDB JSON image or key set whose attributes decode on access."""
 
-    __slots__ = ("_attributes", "_numbers", "_raw")
+    __slots__ = ("_attributes", "_numbers", "_path", "_raw")
 
-    def __init__(self, raw: bytes | msgspec.Raw, numbers: bool) -> None:
+    def __init__(self, raw: bytes | msgspec.Raw, numbers: bool, path: str) -> None:
         self._raw = raw
         self._numbers = numbers
+        self._path = path
         self._attributes: dict[str, msgspec.Raw] | None = None
 
     def _split(self) -> dict[str, msgspec.Raw]:
         attributes = self._attributes
         if attributes is None:
-            attributes = self._attributes = _ATTRIBUTES.decode(self._raw)
+            try:
+                attributes = self._attributes = _ATTRIBUTES.decode(self._raw)
+            except msgspec.DecodeError as exc:
+                raise RecordDecodeError(
+                    f"{self._path} is not an object of DynamoDB attributes: {exc}"
+                ) from None
         return attributes
 
     def __getitem__(self, key: str) -> Any:
@@ -84,7 +90,7 @@ def lambda_view(record: Record, *, numbers: bool = False) -> dict[str, Any]:
     `numbers` turns ``N`` values into JSON numbers."""
     data = record.dynamodb
     dynamodb: dict[str, Any] = {
-        "Keys": _Image(data.keys, numbers),
+        "Keys": _Image(data.keys, numbers, "Keys"),
         "SequenceNumber": data.sequence_number,
         "SizeBytes": data.size_bytes,
     }
@@ -96,9 +102,9 @@ def lambda_view(record: Record, *, numbers: bool = False) -> dict[str, Any]:
     if data.stream_view_type is not None:
         dynamodb["StreamViewType"] = data.stream_view_type.value
     if data.new_image:
-        dynamodb["NewImage"] = _Image(data.new_image, numbers)
+        dynamodb["NewImage"] = _Image(data.new_image, numbers, "NewImage")
     if data.old_image:
-        dynamodb["OldImage"] = _Image(data.old_image, numbers)
+        dynamodb["OldImage"] = _Image(data.old_image, numbers, "OldImage")
     view: dict[str, Any] = {
         "eventID": record.event_id,
         "eventName": record.event_name.value,

@@ -85,6 +85,40 @@ class TestFilterPattern:
             fs.Pipeline(orders()).filter(pattern=[{"eventName": ["INSERT"]}, {"eventName": []}])
         assert ".filter() at step 1 (pattern 2): eventName: an empty array" in str(raised.value)
 
+    def test_a_record_the_pattern_cannot_read_is_a_failure_of_that_record_alone(self) -> None:
+        def record(n: int, new_image: object) -> dict[str, Any]:
+            return {
+                "eventID": str(n),
+                "eventName": "MODIFY",
+                "eventSource": "aws:dynamodb",
+                "dynamodb": {
+                    "Keys": {"pk": {"S": f"k{n}"}},
+                    "NewImage": new_image,
+                    "SequenceNumber": str(100 + n),
+                },
+            }
+
+        active = {"status": {"S": "active"}}
+        event = {"Records": [record(1, active), record(2, "not an image"), record(3, active)]}
+        out, letters = sinks.collect(), sinks.collect()
+        handler = (
+            fs.Pipeline(orders())
+            .filter(pattern={"dynamodb": {"NewImage": {"status": {"S": ["active"]}}}})
+            .map(lambda r: r.keys["pk"])
+            .to(out)
+            .on_failure(retries=0, dead_letter=letters)
+            .lambda_handler(metrics=False)
+        )
+        try:
+            assert handler(event, None) == {"batchItemFailures": []}
+        finally:
+            handler.close()
+        assert out.items == ["k1", "k3"]
+        (letter,) = letters.items
+        assert letter.record.sequence_number == "102"
+        assert letter.error.type == "RecordDecodeError"
+        assert "NewImage is not an object of DynamoDB attributes" in letter.error.message
+
     def test_n_as_numbers_needs_a_pattern(self) -> None:
         with pytest.raises(fs.PipelineError, match="n_as_numbers=True but no pattern="):
             fs.Pipeline(orders()).filter(events="INSERT", n_as_numbers=True)
