@@ -317,10 +317,9 @@ def _compile_leaf(values: list[Any], path: str) -> _Leaf:
 
 
 def _exact(expected: object) -> _Test:
+    """A null, boolean or number (exact strings are a `_Leaf`'s set)."""
     if expected is None or isinstance(expected, bool):
         return lambda v: v is expected
-    if isinstance(expected, str):
-        return lambda v: v == expected
     number = _as_double(expected)
     if number is None:
         raise PatternError(f"{expected!r} is not a JSON value a double can hold")

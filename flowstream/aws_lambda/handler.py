@@ -151,18 +151,20 @@ class LambdaHandler:
                 ]
                 ready.set_result(writers)
                 await closing.wait()
-        except BaseException as exc:
+        except Exception as exc:
             if not ready.done():
                 ready.set_exception(exc)  # the invocation fails; the next one opens again
-            elif isinstance(exc, Exception):
+            else:
                 logger.warning(
                     "pipeline %r: closing the sinks failed: %s: %s",
                     self._pipeline,
                     type(exc).__name__,
                     exc,
                 )
-            if not isinstance(exc, Exception):
-                raise  # a cancellation or the loop's end is not ours to swallow
+        except BaseException as exc:  # a cancellation or the loop's end: not ours to keep
+            if not ready.done():
+                ready.set_exception(exc)
+            raise
 
     # -- one invocation -----------------------------------------------------------------
 
@@ -182,14 +184,14 @@ class LambdaHandler:
         done = Invocation(records=len(records))
         try:
             if records and remaining is not None and remaining <= self._margin:
-                done.first_failure = records[0].sequence_number
-                done.failed = len(records)
-                done.stop = (
+                self._hand_back(
+                    records,
+                    0,
+                    done,
                     f"the invocation had {remaining:.2f}s, not more than margin="
                     f"{self._margin:g}s; raise the function's timeout or lower "
-                    "lambda_handler(margin=)"
+                    "lambda_handler(margin=)",
                 )
-                logger.error("pipeline %r: no record processed: %s", self._pipeline, done.stop)
             elif records:
                 await self._process(records, remaining, done)
         finally:
@@ -252,19 +254,15 @@ class LambdaHandler:
         done.dead_lettered = shard.dead_lettered
         first = _first_not_done(records, state, shard)
         if first is not None:
-            done.first_failure = records[first].sequence_number
-            done.failed = len(records) - first
-            done.stop = shard.error or (
-                f"stopped {self._margin:g}s before the deadline (margin={self._margin:g}) "
-                "with records left"
-            )
-            logger.warning(
-                "pipeline %r: %d of %d records handed back to Lambda from sequence number %s: %s",
-                self._pipeline,
-                done.failed,
-                len(records),
-                done.first_failure,
-                done.stop,
+            self._hand_back(
+                records,
+                first,
+                done,
+                shard.error
+                or (
+                    f"stopped {self._margin:g}s before the deadline (margin={self._margin:g}) "
+                    "with records left"
+                ),
             )
             if first == 0 and shard.error is None:
                 logger.warning(
@@ -274,6 +272,20 @@ class LambdaHandler:
                     self._pipeline,
                     self._page_size,
                 )
+
+    def _hand_back(self, records: Sequence[Record], first: int, done: Invocation, why: str) -> None:
+        """Answer with `records[first]`: Lambda retries the batch from it."""
+        done.first_failure = records[first].sequence_number
+        done.failed = len(records) - first
+        done.stop = why
+        logger.warning(
+            "pipeline %r: %d of %d records handed back to Lambda from sequence number %s: %s",
+            self._pipeline,
+            done.failed,
+            len(records),
+            done.first_failure,
+            why,
+        )
 
 
 def _close_at_exit(handler: weakref.ref[LambdaHandler]) -> None:
