@@ -11,7 +11,7 @@ import math
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, final, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, NoReturn, TypeVar, final, overload
 
 import anyio
 
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from flowstream.aws_lambda.handler import LambdaHandler
     from flowstream.checkpoints.base import CheckpointStore
     from flowstream.leases import DynamoDBLeases
+    from flowstream.monitor import Monitor
     from flowstream.report import RunReport
 
 __all__ = ["Pipeline", "When", "when"]
@@ -347,7 +348,7 @@ class Pipeline(Generic[T]):
     def on_failure(
         self,
         *,
-        retries: int = 3,
+        retries: int | None = 3,
         backoff: tuple[float, float] = (0.1, 5.0),
         max_record_age: float | timedelta | None = None,
         bisect: bool = True,
@@ -356,11 +357,14 @@ class Pipeline(Generic[T]):
         """The failure policy of every step and sink (see `fs.FailurePolicy`).
 
         A failing record is retried `retries` more times after exponential backoff with
-        full jitter (`backoff=(base, cap)` seconds); a batch a sink fails as a whole is
-        split in halves to find the items to blame (`bisect`). A record that still fails,
-        or is older than `max_record_age`, goes to `dead_letter` with its full payload and
-        its shard goes on; without a dead-letter sink its shard stops just before it and
-        the other shards go on. May come anywhere in the chain, also after the end."""
+        full jitter (`backoff=(base, cap)` seconds; `retries=None`: retryable failures
+        are retried until they succeed or pass `max_record_age`, so a sink outage holds
+        its shards back in order rather than filling the dead letters); a batch a sink
+        fails as a whole is split in halves to find the items to blame (`bisect`). A
+        record that still fails, or is older than `max_record_age`, goes to `dead_letter`
+        with its full payload and its shard goes on; without a dead-letter sink its shard
+        stops just before it and the other shards go on. May come anywhere in the chain,
+        also after the end."""
         policy = FailurePolicy(
             retries,
             backoff,
@@ -453,6 +457,9 @@ class Pipeline(Generic[T]):
         on_progress: Callable[[RunReport], object] | None = None,
         progress_interval: float = 10.0,
         leases: DynamoDBLeases | None = None,
+        monitor: Monitor | None = None,
+        on_shard_stopped: Literal["continue", "exit"] = "continue",
+        log_interval: float = 30.0,
     ) -> RunReport:
         """Run the pipeline: one task per readable shard, children after parents.
 
@@ -468,6 +475,12 @@ class Pipeline(Generic[T]):
         With `leases=leases.dynamodb(table)`, every process running this pipeline with
         that lease table shares the stream, each shard processed by one worker at a time;
         the lease table holds the checkpoints (docs/scaling.md).
+        `monitor=flowstream.monitor.Monitor()` exposes the run's metrics and health
+        (docs/operating.md). A shard stopped at a failing record is logged again every
+        `log_interval` seconds, as is each repeated warning (one line per shard and
+        cause, with a count); `on_shard_stopped="exit"` ends the run instead, raising
+        `ShardStoppedError` once it has stopped gracefully, so a supervisor restarts it
+        or pages someone.
         """
         from flowstream.runtime.engine import run_pipeline
 
@@ -486,6 +499,28 @@ class Pipeline(Generic[T]):
                 f"run(progress_interval={progress_interval!r}) must be a finite positive "
                 "number of seconds, e.g. progress_interval=10"
             )
+        if on_shard_stopped not in ("continue", "exit"):
+            raise PipelineError(
+                f"run(on_shard_stopped={on_shard_stopped!r}) is not a choice; give "
+                "'continue' (the other shards go on) or 'exit' (the run ends with an error)"
+            )
+        if (
+            isinstance(log_interval, bool)
+            or not isinstance(log_interval, int | float)
+            or not 0 < log_interval < math.inf
+        ):
+            raise PipelineError(
+                f"run(log_interval={log_interval!r}) must be a finite positive number of "
+                "seconds, e.g. log_interval=30"
+            )
+        if monitor is not None:
+            from flowstream.monitor import Monitor as _Monitor
+
+            if not isinstance(monitor, _Monitor):
+                raise PipelineError(
+                    f"run(monitor=) got {type(monitor).__name__}; give a "
+                    "flowstream.monitor.Monitor()"
+                )
         if leases is not None:
             _check_leases(leases, checkpoints, drain, self._source)
         if checkpoints is not None and self._name is None:
@@ -505,6 +540,9 @@ class Pipeline(Generic[T]):
             on_progress=on_progress,
             progress_interval=float(progress_interval),
             leases=leases,
+            monitor=monitor,
+            on_shard_stopped=on_shard_stopped,
+            log_interval=float(log_interval),
         )
 
     # -- Lambda -------------------------------------------------------------------------

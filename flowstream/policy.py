@@ -29,7 +29,9 @@ class FailurePolicy:
     - `retries`: attempts after the first, each after an exponential backoff with full
       jitter between 0 and min(cap, base·2ⁿ⁻¹) seconds, `backoff=(base, cap)`. An error
       that says retrying cannot help (``retryable=False``, e.g. an HTTP 400) is not
-      retried.
+      retried. `retries=None` retries retryable failures (throttling, 5xx, refused
+      connections, timeouts) until they succeed or the record passes `max_record_age`:
+      a sink outage holds its shards back, in order, instead of dead-lettering them.
     - `bisect`: when a sink fails a whole batch without saying which item is to blame,
       split the batch in halves and send them in order until the failing items stand
       alone; every other item is delivered.
@@ -41,7 +43,7 @@ class FailurePolicy:
       goes on. Without one, the shard stops just before the record.
     """
 
-    retries: int = 3
+    retries: int | None = 3
     backoff: tuple[float, float] = (0.1, 5.0)
     max_record_age: float | None = None
     bisect: bool = True
@@ -49,6 +51,15 @@ class FailurePolicy:
 
     def __post_init__(self) -> None:
         _check(self)
+
+    def may_retry(self, attempt: int) -> bool:
+        """Whether retry number `attempt` (from 1) is allowed."""
+        return self.retries is None or attempt <= self.retries
+
+    @property
+    def retries_text(self) -> str:
+        """The retry limit as log lines say it."""
+        return "unlimited" if self.retries is None else str(self.retries)
 
     def delay(self, attempt: int) -> float:
         """The wait before retry number `attempt` (from 1)."""
@@ -66,7 +77,8 @@ class FailurePolicy:
 
     def describe(self) -> str:
         base, cap = self.backoff
-        parts = [f"{self.retries} retries, backoff {base:g}-{cap:g}s"]
+        retries = "retries until success" if self.retries is None else f"{self.retries} retries"
+        parts = [f"{retries}, backoff {base:g}-{cap:g}s"]
         if not self.bisect:
             parts.append("no bisect")
         if self.max_record_age is not None:
@@ -85,9 +97,12 @@ def _check(policy: FailurePolicy) -> None:
 
     where = "on_failure"
     retries = policy.retries
-    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+    if retries is not None and (
+        isinstance(retries, bool) or not isinstance(retries, int) or retries < 0
+    ):
         raise PipelineError(
-            f"{where} got retries={retries!r}; give a whole number of retries, 0 or more"
+            f"{where} got retries={retries!r}; give a whole number of retries, 0 or more, "
+            "or None to retry retryable failures until they succeed"
         )
     try:
         base, cap = (float(x) for x in policy.backoff)

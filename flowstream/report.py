@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import enum
+from bisect import bisect_left
 from datetime import UTC, datetime
 
 import msgspec
 
-__all__ = ["LeaseReport", "RunReport", "ShardReport", "ShardState", "SinkReport"]
+__all__ = [
+    "LATENCY_BUCKETS",
+    "LeaseReport",
+    "RunReport",
+    "ShardReport",
+    "ShardState",
+    "SinkReport",
+]
+
+#: Upper bounds (seconds) of the sink latency histogram's buckets (the last is +Inf).
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 class ShardState(enum.StrEnum):
@@ -43,6 +54,33 @@ class ShardReport(msgspec.Struct):
     stopped_at: str | None = None
     error: str | None = None
     notes: list[str] = msgspec.field(default_factory=list)  # e.g. records skipped as trimmed
+    #: when the shard stopped, and how many records read were left undone behind the
+    #: record it stopped at (a lower bound: the stream may hold more)
+    stopped_since: datetime | None = None
+    held: int = 0
+    #: the approximate creation time of the oldest record read and not yet done
+    behind_since: datetime | None = None
+    #: the approximate creation time of the newest record done
+    last_record_time: datetime | None = None
+    #: everything read is done, and the last read found nothing newer
+    caught_up: bool = False
+
+    def iterator_age(self, now: datetime | None = None) -> float | None:
+        """Seconds the shard is behind: now minus the creation time of the oldest record
+        read and not yet done (of the newest one done when none waits); 0 when caught
+        up; None before anything is known. A stopped shard's age keeps growing."""
+        now = now or datetime.now(UTC)
+        if self.behind_since is not None:
+            return max(0.0, (now - self.behind_since).total_seconds())
+        if self.caught_up or self.state in _DONE:
+            return 0.0
+        if self.last_record_time is not None:
+            return max(0.0, (now - self.last_record_time).total_seconds())
+        return None
+
+
+# A shard in one of these states has nothing left to read in this run.
+_DONE = frozenset({ShardState.ENDED, ShardState.SKIPPED, ShardState.CAUGHT_UP})
 
 
 class SinkReport(msgspec.Struct):
@@ -53,6 +91,17 @@ class SinkReport(msgspec.Struct):
     delivered: int = 0
     failed: int = 0
     batches: int = 0
+    #: seconds spent in send(), and how many calls took at most each LATENCY_BUCKETS
+    #: bound (not cumulative; the last count is for calls over the last bound)
+    send_seconds: float = 0.0
+    latency_counts: list[int] = msgspec.field(
+        default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1)
+    )
+
+    def observe(self, seconds: float) -> None:
+        """Count one send() call that took `seconds`."""
+        self.send_seconds += seconds
+        self.latency_counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
 
 
 class LeaseReport(msgspec.Struct):
@@ -80,6 +129,9 @@ class RunReport(msgspec.Struct):
     shards: dict[str, ShardReport] = msgspec.field(default_factory=dict)
     sinks: dict[str, SinkReport] = msgspec.field(default_factory=dict)
     leases: LeaseReport | None = None
+    #: checkpoint store writes by outcome: "ok", "failed", and "refused" (with leases:
+    #: a write the lease table refused because another worker holds the lease)
+    checkpoint_writes: dict[str, int] = msgspec.field(default_factory=dict)
 
     @property
     def read(self) -> int:
@@ -115,6 +167,13 @@ class RunReport(msgspec.Struct):
             return 0.0
         return ((self.finished or datetime.now(UTC)) - self.started).total_seconds()
 
+    def iterator_ages(self) -> dict[str, float]:
+        """Each shard's iterator age in seconds (`ShardReport.iterator_age`), as of the
+        end of the run once it finished; shards with no known age are left out."""
+        now = self.finished or datetime.now(UTC)
+        ages = {k: s.iterator_age(now) for k, s in self.shards.items()}
+        return {k: age for k, age in ages.items() if age is not None}
+
     def stopped_shards(self) -> dict[str, ShardReport]:
         return {k: s for k, s in self.shards.items() if s.state is ShardState.STOPPED}
 
@@ -144,6 +203,10 @@ class RunReport(msgspec.Struct):
                 f"{lease.taken} taken ({lease.stolen} stolen), {lease.lost} lost, "
                 f"{lease.released} released"
             )
+        ages = self.iterator_ages()
+        worst = max(ages, key=lambda k: ages[k], default=None)
+        if worst is not None and ages[worst] > 0:
+            lines.append(f"  iterator age: {ages[worst]:.1f}s at most (shard {worst})")
         for shard in self.stopped_shards().values():
             lines.append(f"  stopped {shard.shard_id} at {shard.stopped_at}: {shard.error}")
         for sink in self.sinks.values():

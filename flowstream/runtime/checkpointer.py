@@ -55,9 +55,12 @@ class Checkpointer:
                 return
             batch, self._pending = self._pending, {}
             done, self._done = self._done, 0
+            writes = self._report.checkpoint_writes
             try:
                 refused = await self._session.save(batch)
             except BaseException as exc:
+                if isinstance(exc, Exception):
+                    writes["failed"] = writes.get("failed", 0) + 1
                 # Keep what could not be written, and its count, so a later flush retries it.
                 for shard_id, position in batch.items():
                     self.advance(shard_id, position)
@@ -71,6 +74,9 @@ class Checkpointer:
                         "on with progress it cannot record"
                     ) from exc
                 raise
+            writes["ok"] = writes.get("ok", 0) + 1
+            if refused:
+                writes["refused"] = writes.get("refused", 0) + len(refused)
             for shard_id, position in batch.items():
                 shard = self._report.shards.get(shard_id)
                 if shard is not None and not (refused and shard_id in refused):

@@ -16,23 +16,28 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Literal
 
 import anyio
 from anyio.abc import TaskGroup
 
+from flowstream import log_limit
 from flowstream.checkpoints.base import SHARD_END, CheckpointSession, CheckpointStore
 from flowstream.checkpoints.memory import MemoryCheckpoints
 from flowstream.errors import ShardStoppedError
 from flowstream.leases import DynamoDBLeases
 from flowstream.plan import Plan
 from flowstream.policy import FailurePolicy
-from flowstream.report import RunReport, ShardState, SinkReport
+from flowstream.report import RunReport, ShardReport, ShardState, SinkReport
 from flowstream.runtime.checkpointer import Checkpointer
 from flowstream.runtime.groups import first_error
 from flowstream.runtime.leasing import LeaseCoordinator
 from flowstream.runtime.scheduler import Scheduler
 from flowstream.sinks.base import checked_writer
 from flowstream.sources.base import Source
+
+if TYPE_CHECKING:
+    from flowstream.monitor import Monitor
 
 __all__ = ["run_pipeline"]
 
@@ -56,6 +61,9 @@ async def run_pipeline(
     on_progress: Callable[[RunReport], object] | None = None,
     progress_interval: float = 10.0,
     leases: DynamoDBLeases | None = None,
+    monitor: Monitor | None = None,
+    on_shard_stopped: Literal["continue", "exit"] = "continue",
+    log_interval: float = log_limit.DEFAULT_INTERVAL,
 ) -> RunReport:
     if policy is not None:
         plan = replace(plan, policy=policy)
@@ -71,6 +79,9 @@ async def run_pipeline(
         on_progress=on_progress,
         progress_interval=progress_interval,
         leases=leases,
+        monitor=monitor,
+        exit_on_stop=on_shard_stopped == "exit",
+        log_interval=log_interval,
     )
     async with anyio.create_task_group() as tg:
         tg.start_soon(engine.main)
@@ -95,7 +106,7 @@ async def run_pipeline(
     if engine.error is not None:
         raise engine.error
     report = engine.report
-    if drain and report.stopped_shards():
+    if (drain or on_shard_stopped == "exit") and report.stopped_shards():
         raise ShardStoppedError(report)
     return report
 
@@ -115,8 +126,14 @@ class _Engine:
         on_progress: Callable[[RunReport], object] | None = None,
         progress_interval: float = 10.0,
         leases: DynamoDBLeases | None = None,
+        monitor: Monitor | None = None,
+        exit_on_stop: bool = False,
+        log_interval: float = log_limit.DEFAULT_INTERVAL,
     ) -> None:
         self.plan = plan
+        self.monitor = monitor
+        self.exit_on_stop = exit_on_stop
+        self.log_interval = log_interval
         self.leases = leases
         self.source = source
         self.store = store
@@ -127,6 +144,8 @@ class _Engine:
         self.on_progress = on_progress
         self.progress_interval = progress_interval
         self.report = RunReport(pipeline=name)
+        if monitor is not None:
+            monitor.watch(self.report)
         self.finished = anyio.Event()
         self.error: BaseException | None = None
         self._scheduler: Scheduler | None = None
@@ -142,6 +161,8 @@ class _Engine:
             return
         self._stop_reason = reason
         self.report.stop_reason = reason
+        if self.monitor is not None:
+            self.monitor.set_phase(self.report, "stopping", reason)
         logger.info("pipeline %r stopping (%s)", self.report.pipeline, reason)
         self._setup.cancel()
         if self._scheduler is not None:
@@ -161,6 +182,8 @@ class _Engine:
             self._scheduler.abandon()
 
     async def main(self) -> None:
+        # this task and those it starts write repeated warnings at the run's pace
+        log_limit.use(log_limit.LogLimiter(self.log_interval))
         try:
             with anyio.CancelScope(shield=True):
                 # The stop watchers run from the start: a stop asked for while the source,
@@ -178,6 +201,14 @@ class _Engine:
             self.error = first_error(exc)
         finally:
             self.report.finished = datetime.now(UTC)
+            if self.monitor is not None:
+                error = self.error
+                if error is None or isinstance(error, anyio.get_cancelled_exc_class()):
+                    self.monitor.set_phase(self.report, "finished", self.report.stop_reason)
+                else:
+                    self.monitor.set_phase(
+                        self.report, "failed", f"{type(error).__name__}: {error}"
+                    )
             self.finished.set()
 
     async def _main(self) -> None:
@@ -223,6 +254,7 @@ class _Engine:
                 start=self.source.start,
                 drain_cut=started if self.drain else None,
                 leases=coordinator,
+                on_stopped=self._shard_stopped,
             )
             self._scheduler = scheduler
             async with anyio.create_task_group() as tg:
@@ -234,6 +266,9 @@ class _Engine:
                     tg.start_soon(_heartbeat, store, store.heartbeat_interval)
                 if self.on_progress is not None:
                     tg.start_soon(self._report_progress, self.on_progress)
+                tg.start_soon(self._remind_stopped)
+                if self.monitor is not None and self._stop_reason is None:
+                    self.monitor.set_phase(report, "running")
                 if self._stop_reason is not None:
                     scheduler.stop()
                     tg.start_soon(self._grace_timer)
@@ -263,6 +298,32 @@ class _Engine:
                     _settle_states(report)
             if not report.stop_reason:
                 report.stop_reason = "drained" if self.drain else "finished"
+
+    def _shard_stopped(self, shard: ShardReport) -> None:
+        if self.exit_on_stop:
+            self.stop(f"shard {shard.shard_id} stopped (on_shard_stopped='exit')")
+
+    async def _remind_stopped(self) -> None:
+        """A stopped shard is never silent: say so again every interval while it lasts,
+        with how long, where and how much is held up behind it."""
+        while True:
+            await anyio.sleep(self.log_interval)
+            now = datetime.now(UTC)
+            for shard in self.report.stopped_shards().values():
+                since = shard.stopped_since or now
+                age = shard.iterator_age(now)
+                logger.warning(
+                    "pipeline %r: shard %s is still stopped (for %.0fs) at record %s: %s; "
+                    "%d record(s) read are held up behind it%s; fix the cause and restart, "
+                    "or give on_failure a dead_letter",
+                    self.report.pipeline,
+                    shard.shard_id,
+                    (now - since).total_seconds(),
+                    shard.stopped_at,
+                    shard.error,
+                    shard.held,
+                    "" if age is None else f", iterator age {age:.0f}s",
+                )
 
     async def _report_progress(self, callback: Callable[[RunReport], object]) -> None:
         """Hand the live report to `callback` every interval; its errors are logged."""

@@ -10,6 +10,7 @@ prefix of a page) that every sink acknowledged.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ import anyio
 import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from flowstream import log_limit
 from flowstream.deadletter import DeadLetter, Reason
 from flowstream.errors import NotSentError, SinkError
 from flowstream.plan import Plan, Processed
@@ -139,9 +141,16 @@ class ShardRunner:
                 page = await self.reader.read()
                 if self.drain_cut is not None:
                     page = _before_cut(page, self.drain_cut)
-                self.report.read += len(page.records)
+                report = self.report
+                report.read += len(page.records)
                 if page.note:
-                    self.report.notes.append(page.note)
+                    report.notes.append(page.note)
+                if page.records:
+                    report.caught_up = False
+                    if report.behind_since is None:
+                        report.behind_since = page.records[0].approximate_creation_time
+                elif page.caught_up and report.behind_since is None:
+                    report.caught_up = True
                 if not (page.records or page.ended or (self.drain and page.caught_up)):
                     # An idle poll: nothing to deliver, so the consumer sleeps on (a
                     # reader that never waits must still let other tasks run).
@@ -226,17 +235,19 @@ class ShardRunner:
             error = failure.error
             retryable = _retryable(error)
             too_old = policy.too_old(records[0], now)
-            if retryable and attempts <= policy.retries and not too_old:
+            if retryable and policy.may_retry(attempts) and not too_old:
                 self.report.retries += 1
-                logger.warning(
-                    "shard %s: %s failed on record %s (%s: %s); retry %d of %d",
+                log_limit.warn(
+                    logger,
+                    (self.shard.shard_id, failure.step, type(error)),
+                    "shard %s: %s failed on record %s (%s: %s); retry %d of %s",
                     self.shard.shard_id,
                     failure.step,
                     records[0].sequence_number,
                     type(error).__name__,
                     error,
                     attempts,
-                    policy.retries,
+                    policy.retries_text,
                 )
                 await anyio.sleep(policy.delay(attempts))
                 continue
@@ -280,6 +291,8 @@ class ShardRunner:
                 return ShardState.LOST  # its new holder reads it again
             if work.stop is not None:
                 return self._stopped(work.records, work.stop, 1)
+            if work.records and self.report.behind_since is None:
+                self.report.behind_since = work.records[0].approximate_creation_time
             stop, letters = await self._deliver(work)
             letters = work.letters + letters
             if stop is not None:
@@ -308,6 +321,7 @@ class ShardRunner:
                 self.checkpointer.advance(
                     self.shard.shard_id, work.records[work.done - 1].sequence_number, work.done
                 )
+                self._done_through(work)
             if work.ended:
                 await self.checkpointer.shard_end(self.shard.shard_id)
                 return ShardState.ENDED
@@ -318,6 +332,17 @@ class ShardRunner:
             del work, p, stop, letters
         return ShardState.PAUSED
 
+    def _done_through(self, work: _Work) -> None:
+        """Move the iterator-age marks past the records `work` finished."""
+        report = self.report
+        records = work.records
+        report.last_record_time = records[work.done - 1].approximate_creation_time
+        if work.done < len(records):
+            report.behind_since = records[work.done].approximate_creation_time
+        else:
+            report.behind_since = None  # the next page marks itself when it comes
+            report.caught_up = work.caught_up
+
     def _stopped(self, records: list[Record], stop: _Stop, failed: int) -> ShardState:
         index = stop.record_index
         if index:
@@ -325,8 +350,13 @@ class ShardRunner:
                 self.shard.shard_id, records[index - 1].sequence_number, index
             )
         record = records[index]
-        self.report.failed += failed
-        self.report.stopped_at = record.sequence_number
+        report = self.report
+        report.failed += failed
+        report.stopped_at = record.sequence_number
+        report.stopped_since = datetime.now(UTC)
+        report.held = len(records) - index
+        report.behind_since = record.approximate_creation_time
+        report.caught_up = False
         self.report.error = f"{stop.step}: {type(stop.error).__name__}: {stop.error}"
         logger.error(
             "shard %s stopped at record %s: %s",
@@ -393,7 +423,9 @@ class ShardRunner:
             # One line per page, not per record: an outage can dead-letter a page at once.
             self.report.dead_lettered += len(sent)
             first, last = records[sent[0].record_index], records[sent[-1].record_index]
-            logger.warning(
+            log_limit.warn(
+                logger,
+                (self.shard.shard_id, "dead-letter", sent[0].reason, sent[0].step),
                 "shard %s: %d record(s) dead-lettered, %s to %s (first: %s at %s)",
                 self.shard.shard_id,
                 len(sent),
@@ -509,7 +541,7 @@ class _Delivery:
     async def _deliver(self, items: list[int] | None, *, bisecting: bool) -> bool:
         """Deliver `items` (None: the whole batch); False when a stop interrupted."""
         pending = items
-        retries = self.policy.retries
+        may_retry = self.policy.may_retry
         while True:
             if pending is not None:
                 pending = [k for k in pending if k < self.limit and k not in self._given_up]
@@ -551,7 +583,7 @@ class _Delivery:
                         group = [k for k in group if k not in self._given_up]
                         order = [k for k in order if k not in self._given_up]
                 attempt = max((self._tries[k].alone for k in group), default=0)
-                if group and not bisecting and self._retryable(error) and attempt <= retries:
+                if group and not bisecting and self._retryable(error) and may_retry(attempt):
                     if not await self._wait(attempt, [error], len(group), order):
                         return False
                     pending = order
@@ -576,7 +608,7 @@ class _Delivery:
                     tries.alone += 1
                 if (
                     self._retryable(failed[k])
-                    and tries.alone <= retries
+                    and may_retry(tries.alone)
                     and not self._too_old(k, now)
                 ):
                     retrying.append(k)
@@ -596,11 +628,14 @@ class _Delivery:
         batch = self.batch if items is None else self.batch.subset(items)
         stats = self.stats
         stats.batches += 1
+        began = time.perf_counter()
         try:
             result = await self.writer.send(batch)
         except Exception as exc:
+            stats.observe(time.perf_counter() - began)
             failed: dict[int, BaseException] = dict.fromkeys(range(len(batch)), exc)
         else:
+            stats.observe(time.perf_counter() - began)
             failed, retryable = _outcome(result, len(batch), stats.name)
             if not retryable:
                 self._final.extend(failed.values())
@@ -649,8 +684,10 @@ class _Delivery:
         runner = self.runner
         runner.report.retries += 1
         error = errors[0]
-        logger.warning(
-            "shard %s: %s failed %d of %d item(s) (%s: %s); retry %d of %d",
+        log_limit.warn(
+            logger,
+            (runner.shard.shard_id, self.step, type(error)),
+            "shard %s: %s failed %d of %d item(s) (%s: %s); retry %d of %s",
             runner.shard.shard_id,
             self.step,
             count,
@@ -658,7 +695,7 @@ class _Delivery:
             type(error).__name__,
             error,
             attempt,
-            self.policy.retries,
+            self.policy.retries_text,
         )
         if await runner.wait_to_retry(_retry_delay(self.policy.delay(attempt), errors)):
             return True

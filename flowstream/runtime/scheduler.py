@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import anyio
@@ -60,8 +60,11 @@ class Scheduler:
         start: Position,
         drain_cut: datetime | None,
         leases: LeaseCoordinator | None = None,
+        on_stopped: Callable[[ShardReport], object] | None = None,
     ) -> None:
         self._session = session
+        #: told of each shard that stops at a failure (e.g. to end the run)
+        self._on_stopped = on_stopped
         self._plan = plan
         self._writers = writers
         self._sink_reports = sink_reports
@@ -262,6 +265,7 @@ class Scheduler:
             stats.state = ShardState.STOPPED
             stats.error = f"{type(exc).__name__}: {exc}"
             logger.error("shard %s failed: %s", shard.shard_id, stats.error, exc_info=exc)
+            self._stopped(stats)
             return
         stats.state = ShardState.RUNNING
         runner = ShardRunner(
@@ -310,7 +314,15 @@ class Scheduler:
                 await runner.reader.aclose()
         if stats.state is ShardState.ENDED:
             self._ended.append(shard_id)  # its children may be listed now
+        elif stats.state is ShardState.STOPPED:
+            self._stopped(stats)
         self._changed.set()
+
+    def _stopped(self, stats: ShardReport) -> None:
+        if stats.stopped_since is None:
+            stats.stopped_since = datetime.now(UTC)
+        if self._on_stopped is not None:
+            self._on_stopped(stats)
 
 
 def _initial_position(shard: Shard, start: Position) -> Position | None:
