@@ -14,6 +14,7 @@ from typing import Any
 
 import anyio
 
+from flowstream.cli_options import add_global_options, apply_global_options, fail
 from flowstream.errors import FlowstreamError, PipelineError
 from flowstream.pipeline import Pipeline
 
@@ -22,10 +23,20 @@ __all__ = ["load_pipeline", "main"]
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="flowstream", description="Process DynamoDB change streams."
+        prog="flowstream",
+        description="Process DynamoDB change streams.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "AWS settings come from the standard chain (AWS_* variables, profiles, roles); "
+            "the options\nabove, given before the command, set AWS_ENDPOINT_URL, "
+            "AWS_DEFAULT_REGION/AWS_REGION and\nAWS_PROFILE for the whole process.\n\n"
+            "example:\n  flowstream --endpoint-url http://localhost:4566 describe Orders"
+        ),
     )
     parser.add_argument("--version", action="version", version=f"flowstream {_version()}")
+    add_global_options(parser)
     commands = parser.add_subparsers(dest="command", required=True)
+    subparsers = _add_operating_commands(commands)
     lint = commands.add_parser(
         "lint",
         help="build a pipeline and print its plan, or the mistake that stops it",
@@ -106,6 +117,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     pattern.add_argument("--count", action="store_true", help="print only how many records matched")
     args = parser.parse_args(argv)
+    try:
+        apply_global_options(args)
+    except FlowstreamError as exc:
+        return fail(args.command if args.command != "checkpoints" else "checkpoints", exc)
+    if args.command in ("describe", "status", "tail", "checkpoints", "run"):
+        return _operate(args, subparsers)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "demo":
         if args.seconds < 0:
@@ -129,6 +146,170 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "replay":
         return _replay(args.letters, args.pipeline, args.only_pipeline)
     return 0
+
+
+def _add_operating_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> dict[str, argparse.ArgumentParser]:
+    """The commands of an operator: run, describe, status, tail, checkpoints. Their
+    modules are imported when they run, not to build the parser."""
+    from flowstream import cli_checkpoints, cli_describe, cli_tail, run_cli
+
+    raw = argparse.RawDescriptionHelpFormatter
+    run = commands.add_parser(
+        "run",
+        help="run a pipeline until stopped (SIGTERM or Ctrl-C stop it gracefully)",
+        formatter_class=raw,
+        description=(
+            "Import TARGET (MODULE:NAME or path/to/file.py:NAME, a Pipeline or a function "
+            "returning one) and run it until it is stopped: SIGTERM and SIGINT stop it "
+            "gracefully (in-flight work finishes, checkpoints are written)."
+        ),
+        epilog=(
+            "example:\n  flowstream run jobs/orders.py:build --checkpoints sqlite:state.db\n"
+            "  flowstream --region eu-west-1 run myapp.pipelines:orders "
+            "--checkpoints dynamodb:flowstream-checkpoints"
+        ),
+    )
+    run_cli.add_arguments(run)
+    describe = commands.add_parser(
+        "describe",
+        help="a stream's shards as a lineage tree; with a pipeline, how far behind it is",
+        formatter_class=raw,
+        description=(
+            "List the shards of TABLE's latest stream (or of --stream-arn ARN) as a lineage "
+            "tree: parents above their children, open or closed, and their sequence number "
+            "ranges. With --pipeline NAME --checkpoints SPEC (or --leases TABLE), also each "
+            "shard's checkpoint and how far behind it is: done (SHARD_END), read to its end, "
+            "caught up, behind (with the age of the next record), not started, or trimmed. "
+            "Checkpoints are only read: a running pipeline keeps its claim on them. Exit "
+            "status: 0, 1 on an error, 2 on a usage error."
+        ),
+        epilog=(
+            "example:\n  flowstream describe Orders\n"
+            "  flowstream describe Orders --pipeline orders --checkpoints sqlite:state.db\n"
+            "  flowstream describe --stream-arn arn:aws:dynamodb:us-east-1:123456789012:"
+            "table/Orders/stream/2026-01-01T00:00:00.000 --format json"
+        ),
+    )
+    cli_describe.add_arguments(describe, status=False)
+    status = commands.add_parser(
+        "status",
+        help="a pipeline's checkpoints against the stream (describe with a pipeline)",
+        formatter_class=raw,
+        description=(
+            "The same as `describe` with --pipeline and --checkpoints (or --leases), both "
+            "required: whether the pipeline runs, and each shard's checkpoint and how far "
+            "behind it is. Exit status: 0, 1 on an error, 2 on a usage error."
+        ),
+        epilog=(
+            "example:\n  flowstream status Orders --pipeline orders --checkpoints "
+            "dynamodb:flowstream-checkpoints\n"
+            "  flowstream status Orders --leases orders-leases"
+        ),
+    )
+    cli_describe.add_arguments(status, status=True)
+    tail = commands.add_parser(
+        "tail",
+        help="print a table's changes as they happen (like kcat -C)",
+        formatter_class=raw,
+        description=(
+            "Print the changes of TABLE (or --stream-arn ARN) as they happen, through a "
+            "pipeline with in-memory progress (no checkpoint is written). pretty shows the "
+            "event, the keys and what changed between the old and new image (+ added, - "
+            "removed, ~ changed); json prints each stream record on one line in the "
+            "stream's shape (plus shardId), which `flowstream pattern` and "
+            "fs.decode_records read back. Ctrl-C, SIGTERM, --limit and a closed pipe end "
+            "it with status 0; an error exits 1, a usage error 2."
+        ),
+        epilog=(
+            "example:\n  flowstream tail Orders\n"
+            "  flowstream tail Orders --from trim_horizon --events MODIFY,REMOVE --limit 10\n"
+            "  flowstream tail Orders --format json --pattern "
+            '\'{"dynamodb": {"NewImage": {"status": {"S": ["failed"]}}}}\' | jq .'
+        ),
+    )
+    cli_tail.add_arguments(tail)
+    checkpoints = commands.add_parser(
+        "checkpoints",
+        help="move or reset a pipeline's checkpoints (needs --yes)",
+        formatter_class=raw,
+        description=(
+            "Change a pipeline's checkpoints on purpose: `reset` deletes them (the shards "
+            "are read again from where the pipeline's start= says, trim_horizon by "
+            "default), `set` puts them where you say, backwards too. Without --yes, print "
+            "what would change and exit 1. A pipeline running on the checkpoints is "
+            "refused: stop it first. Exit status: 0 changed (or nothing to change), 1 an "
+            "error or no --yes, 2 a usage error."
+        ),
+        epilog=(
+            "example:\n  flowstream checkpoints reset Orders --pipeline orders "
+            "--checkpoints sqlite:state.db --yes\n"
+            "  flowstream checkpoints set Orders --pipeline orders --checkpoints "
+            "sqlite:state.db \\\n      --position shardId-00000001700000000000-abcdef01="
+            "4000000000000000000001 --yes"
+        ),
+    )
+    actions = checkpoints.add_subparsers(dest="action", required=True)
+    reset = actions.add_parser(
+        "reset",
+        help="delete a pipeline's checkpoints (all, or --shard ones)",
+        formatter_class=raw,
+        description=(
+            "Delete the pipeline's checkpoints on TABLE's stream, or only those of --shard "
+            "ID: those shards are read again from where the pipeline's start= says. Without "
+            "--yes, print what would change and exit 1."
+        ),
+        epilog=(
+            "example:\n  flowstream checkpoints reset Orders --pipeline orders "
+            "--checkpoints sqlite:state.db --yes"
+        ),
+    )
+    cli_checkpoints.add_arguments(reset, action="reset")
+    set_ = actions.add_parser(
+        "set",
+        help="put a pipeline's checkpoints where you say (backwards too)",
+        formatter_class=raw,
+        description=(
+            "Set the checkpoint of each --position SHARD to POSITION: a sequence number (the last "
+            "record done; reading goes on after it) or SHARD_END (the shard is done). "
+            "Without --yes, print what would change and exit 1."
+        ),
+        epilog=(
+            "example:\n  flowstream checkpoints set Orders --pipeline orders "
+            "--checkpoints dynamodb:flowstream-checkpoints \\\n"
+            "      --position shardId-00000001700000000000-abcdef01=SHARD_END --yes"
+        ),
+    )
+    cli_checkpoints.add_arguments(set_, action="set")
+    return {
+        "run": run,
+        "describe": describe,
+        "status": status,
+        "tail": tail,
+        "reset": reset,
+        "set": set_,
+    }
+
+
+def _operate(args: argparse.Namespace, parsers: dict[str, argparse.ArgumentParser]) -> int:
+    # A warning of the source or a store (retries, a disabled stream) is one line.
+    logging.basicConfig(level=logging.WARNING, format="flowstream: %(levelname)s: %(message)s")
+    if args.command == "run":
+        from flowstream import run_cli
+
+        return run_cli.main(args)
+    if args.command in ("describe", "status"):
+        from flowstream import cli_describe
+
+        return cli_describe.main(args, parsers[args.command])
+    if args.command == "tail":
+        from flowstream import cli_tail
+
+        return cli_tail.main(args, parsers["tail"])
+    from flowstream import cli_checkpoints
+
+    return cli_checkpoints.main(args, parsers[args.action])
 
 
 def _replay(letters: str, where: str, only_pipeline: str | None) -> int:

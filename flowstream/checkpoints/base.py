@@ -11,14 +11,17 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
 from typing import Final
 
+from flowstream.checkpoints.owner import Claim
 from flowstream.errors import CheckpointError
 
 __all__ = [
     "SHARD_END",
     "CheckpointSession",
     "CheckpointStore",
+    "StoredCheckpoints",
     "check_flush_records",
     "check_position",
     "is_ahead",
@@ -111,6 +114,18 @@ class CheckpointSession(ABC):
         `checkpoints.owner`). Raises `CheckpointError` when another process took it."""
 
 
+@dataclass(frozen=True, slots=True)
+class StoredCheckpoints:
+    """A pipeline's checkpoints on a stream as the store holds them, read without
+    claiming them (`CheckpointStore.inspect`): a running pipeline keeps its claim."""
+
+    #: shard id -> saved position
+    positions: dict[str, str] = field(default_factory=dict)
+    #: The claim of the process that runs (or last ran and did not release) the
+    #: pipeline on these checkpoints, or None; `owner.may_take` says if it is live.
+    claim: Claim | None = None
+
+
 class CheckpointStore(ABC):
     """A place to keep checkpoints, keyed by pipeline name, stream and shard."""
 
@@ -128,3 +143,25 @@ class CheckpointStore(ABC):
     def describe(self) -> str:
         """A short, human-readable name for plans and reports."""
         return type(self).__name__
+
+    async def inspect(self, pipeline: str, stream_id: str) -> StoredCheckpoints:
+        """The saved positions and the current claim of `pipeline` on `stream_id`, read
+        without claiming them, so that a running pipeline is not disturbed (operators'
+        tools: `flowstream status`)."""
+        raise CheckpointError(
+            f"{self.describe()} cannot be read outside a run; use checkpoints.sqlite(path) "
+            "or checkpoints.dynamodb(table)"
+        )
+
+    async def overwrite(
+        self, pipeline: str, stream_id: str, positions: Mapping[str, str | None]
+    ) -> None:
+        """Set the positions of `pipeline` on `stream_id` as given, backwards too; None
+        deletes a shard's checkpoint (the shard then starts where the source's `start`
+        says). The operator's deliberate move (`flowstream checkpoints`), not the
+        runtime's save: raises `CheckpointError` while a live process holds the claim,
+        whose next save would undo it, and writes nothing then."""
+        raise CheckpointError(
+            f"{self.describe()} cannot be changed outside a run; use checkpoints.sqlite(path) "
+            "or checkpoints.dynamodb(table)"
+        )

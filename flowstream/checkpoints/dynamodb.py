@@ -15,6 +15,7 @@ digits, or ``SHARD_END``, which sorts after every digit.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -30,12 +31,20 @@ from flowstream.checkpoints.base import (
     SHARD_END,
     CheckpointSession,
     CheckpointStore,
+    StoredCheckpoints,
     check_flush_records,
     check_position,
     check_seconds,
     is_position,
 )
-from flowstream.checkpoints.owner import HEARTBEAT, Claim, claim_error, lost_error, may_take
+from flowstream.checkpoints.owner import (
+    HEARTBEAT,
+    Claim,
+    busy_error,
+    claim_error,
+    lost_error,
+    may_take,
+)
 from flowstream.errors import CheckpointError
 from flowstream.state_table import Retry, StateTable, TableSpec
 
@@ -102,6 +111,51 @@ class DynamoDBCheckpoints(CheckpointStore):
 
     def open(self, pipeline: str, stream_id: str) -> AbstractAsyncContextManager[CheckpointSession]:
         return self._open(pipeline, stream_id)
+
+    async def inspect(self, pipeline: str, stream_id: str) -> StoredCheckpoints:
+        # Reading never creates the table: a mistyped name must not look like "nothing
+        # saved yet".
+        async with self._session(pipeline, stream_id, create=False) as session:
+            positions = await session.load()
+            return StoredCheckpoints(positions, await session.current_claim())
+
+    async def overwrite(
+        self, pipeline: str, stream_id: str, positions: Mapping[str, str | None]
+    ) -> None:
+        async with self._session(pipeline, stream_id, create=self.create) as session:
+            writes = {
+                shard: None if position is None else session._order(shard, position)
+                for shard, position in positions.items()
+            }
+            existing = await session.current_claim()
+            now = time.time()
+            if existing is not None and not may_take(existing, session._claim, now):
+                raise busy_error(self.describe(), pipeline, existing, now)
+            # Claimed while writing, so that a run starting meanwhile is refused rather
+            # than loading the positions half changed.
+            await session.claim()
+            try:
+                await session.overwrite(positions, writes)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await session.release()
+
+    @asynccontextmanager
+    async def _session(
+        self, pipeline: str, stream_id: str, *, create: bool
+    ) -> AsyncIterator[_DynamoDBSession]:
+        """A session on the table that has not claimed the checkpoints."""
+        key = partition_key(pipeline, stream_id)
+        spec = dataclasses.replace(self._spec(), create=create)
+        async with create_client(
+            "dynamodb",
+            session=self.session,
+            region=self.region,
+            endpoint_url=self.endpoint_url,
+        ) as client:
+            table = StateTable(spec, client)
+            await table.ensure()
+            yield _DynamoDBSession(self, table, key, pipeline)
 
     @asynccontextmanager
     async def _open(self, pipeline: str, stream_id: str) -> AsyncIterator[CheckpointSession]:
@@ -217,6 +271,56 @@ class _DynamoDBSession(CheckpointSession):
             "these checkpoints at the same moment; only one process may run a pipeline on "
             "one store (use run(leases=...) for several, docs/scaling.md)"
         )
+
+    async def current_claim(self) -> Claim | None:
+        """The claim on the pipeline's checkpoints as the table holds it now."""
+        item = await self._owner_call(
+            "get_item",
+            {"TableName": self._store.table, "Key": self._owner_key(), "ConsistentRead": True},
+            "cannot read the claim",
+            "GetItem",
+        )
+        return _claim_of(item.get("Item"))
+
+    async def overwrite(
+        self, positions: Mapping[str, str | None], orders: Mapping[str, str | None]
+    ) -> None:
+        """Write `positions` unconditionally (None deletes): the operator's move, made
+        while this session holds the claim."""
+        retry = Retry()
+        with anyio.move_on_after(self._store.timeout):
+            for shard, position in positions.items():
+                key = {PARTITION_KEY: {"S": self._key}, SORT_KEY: {"S": shard}}
+                order = orders[shard]
+                try:
+                    if position is None or order is None:
+                        await self._table.call(
+                            "delete_item", {"TableName": self._store.table, "Key": key}, retry
+                        )
+                        continue
+                    updated_at = (
+                        datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+                    )
+                    params = {
+                        "TableName": self._store.table,
+                        "Key": key,
+                        "UpdateExpression": _UPDATE,
+                        "ExpressionAttributeNames": _NAMES,
+                        "ExpressionAttributeValues": {
+                            ":position": {"S": position},
+                            ":order": {"S": order},
+                            ":updated_at": {"S": updated_at},
+                        },
+                    }
+                    await self._table.call("update_item", params, retry)
+                except Exception as exc:
+                    raise self._table.error(
+                        f"cannot change the checkpoint of shard {shard!r}",
+                        exc,
+                        action="DeleteItem" if position is None else "UpdateItem",
+                    ) from None
+            return
+        raise self._table.timed_out("cannot change checkpoints", retry.last)
 
     async def heartbeat(self) -> None:
         params = {

@@ -13,6 +13,7 @@ from typing import final
 from flowstream.checkpoints.base import (
     CheckpointSession,
     CheckpointStore,
+    StoredCheckpoints,
     check_position,
     is_ahead,
 )
@@ -50,6 +51,22 @@ class MemoryCheckpoints(CheckpointStore):
 
     def describe(self) -> str:
         return "memory()"
+
+    async def inspect(self, pipeline: str, stream_id: str) -> StoredCheckpoints:
+        return StoredCheckpoints(self.positions(pipeline, stream_id))
+
+    async def overwrite(
+        self, pipeline: str, stream_id: str, positions: Mapping[str, str | None]
+    ) -> None:
+        for shard_id, position in positions.items():
+            if position is not None:
+                check_position("memory()", shard_id, position)
+        shards = self._positions.setdefault((pipeline, stream_id), {})
+        for shard_id, position in positions.items():
+            if position is None:
+                shards.pop(shard_id, None)
+            else:
+                shards[shard_id] = position
 
 
 @final

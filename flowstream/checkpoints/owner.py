@@ -21,7 +21,15 @@ from typing import Final
 
 from flowstream.errors import CheckpointError
 
-__all__ = ["HEARTBEAT", "STALE_AFTER", "Claim", "claim_error", "lost_error", "may_take"]
+__all__ = [
+    "HEARTBEAT",
+    "STALE_AFTER",
+    "Claim",
+    "busy_error",
+    "claim_error",
+    "lost_error",
+    "may_take",
+]
 
 #: Seconds between heartbeats of a claim.
 HEARTBEAT: Final = 5.0
@@ -81,4 +89,16 @@ def lost_error(store: str, pipeline: str) -> CheckpointError:
         f"(this run missed its heartbeats for over {STALE_AFTER:.0f}s: paused, or cut off); "
         "this run stops so that the two do not both deliver. To run several workers on one "
         "stream, use run(leases=leases.dynamodb(table)) (docs/scaling.md)"
+    )
+
+
+def busy_error(store: str, pipeline: str, existing: Claim, now: float) -> CheckpointError:
+    """The refusal to change checkpoints a live run holds: its next save would undo the
+    change, or build on positions it no longer has."""
+    age = max(0.0, now - existing.heartbeat)
+    return CheckpointError(
+        f"{store}: pipeline {pipeline!r} is running on these checkpoints in {existing.owner} "
+        f"(its last heartbeat {age:.0f}s ago), so they were not changed; stop that process "
+        "first and run this again (a process that died without releasing them frees them "
+        f"{max(0.0, STALE_AFTER - age):.0f}s from now, or at once when it ran on this host)"
     )

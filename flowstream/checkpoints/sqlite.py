@@ -23,11 +23,19 @@ from flowstream.checkpoints.base import (
     SHARD_END,
     CheckpointSession,
     CheckpointStore,
+    StoredCheckpoints,
     check_flush_records,
     check_position,
     check_seconds,
 )
-from flowstream.checkpoints.owner import HEARTBEAT, Claim, claim_error, lost_error, may_take
+from flowstream.checkpoints.owner import (
+    HEARTBEAT,
+    Claim,
+    busy_error,
+    claim_error,
+    lost_error,
+    may_take,
+)
 from flowstream.errors import CheckpointError
 
 __all__ = ["SqliteCheckpoints", "sqlite"]
@@ -122,6 +130,70 @@ class SqliteCheckpoints(CheckpointStore):
 
     def describe(self) -> str:
         return f"sqlite({self._name})"
+
+    async def inspect(self, pipeline: str, stream_id: str) -> StoredCheckpoints:
+        if not self.path.exists():  # nothing saved; reading must not create the file
+            return StoredCheckpoints()
+        return await anyio.to_thread.run_sync(self._inspect, pipeline, stream_id)
+
+    async def overwrite(
+        self, pipeline: str, stream_id: str, positions: Mapping[str, str | None]
+    ) -> None:
+        for shard_id, position in positions.items():
+            if position is not None:
+                check_position(self.describe(), shard_id, position)
+        await anyio.to_thread.run_sync(self._overwrite, pipeline, stream_id, dict(positions))
+
+    def _inspect(self, pipeline: str, stream_id: str) -> StoredCheckpoints:
+        conn = self._connect()
+        try:
+            rows = conn.execute(_LOAD, (pipeline, stream_id)).fetchall()
+            claim = conn.execute(
+                f"SELECT owner, host, pid, heartbeat FROM {_OWNERS} "
+                "WHERE pipeline = ? AND stream = ?",
+                (pipeline, stream_id),
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise self._error("cannot read checkpoints", exc) from exc
+        finally:
+            conn.close()
+        return StoredCheckpoints(dict(rows), None if claim is None else Claim(*claim))
+
+    def _overwrite(self, pipeline: str, stream_id: str, positions: dict[str, str | None]) -> None:
+        conn = self._connect()
+        try:
+            # One transaction under the write lock: a run that claims the pipeline does
+            # so before it (and is refused here) or after it (and loads what is written).
+            conn.execute("BEGIN IMMEDIATE")
+            row = conn.execute(
+                f"SELECT owner, host, pid, heartbeat FROM {_OWNERS} "
+                "WHERE pipeline = ? AND stream = ?",
+                (pipeline, stream_id),
+            ).fetchone()
+            existing = None if row is None else Claim(*row)
+            now = time.time()
+            if existing is not None and not may_take(existing, Claim.mine(), now):
+                conn.execute("ROLLBACK")
+                raise busy_error(self.describe(), pipeline, existing, now)
+            for shard_id, position in positions.items():
+                if position is None:
+                    conn.execute(
+                        f"DELETE FROM {_TABLE} WHERE pipeline = ? AND stream = ? AND shard = ?",
+                        (pipeline, stream_id, shard_id),
+                    )
+                else:
+                    conn.execute(
+                        f"INSERT OR REPLACE INTO {_TABLE} VALUES "
+                        "(?, ?, ?, ?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
+                        (pipeline, stream_id, shard_id, position),
+                    )
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise self._error("cannot change checkpoints", exc) from exc
+        finally:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            conn.close()
 
     def _connect(self) -> sqlite3.Connection:
         if self._name == ":memory:" or not self._name:
