@@ -24,6 +24,7 @@ from typing import Any, Final
 
 import anyio
 
+from flowstream import log_limit
 from flowstream.checkpoints.base import SHARD_END, CheckpointSession
 from flowstream.errors import CheckpointError
 from flowstream.leases.dynamodb import DynamoDBLeases
@@ -127,7 +128,13 @@ class LeaseCoordinator:
             try:
                 await self.take_round()
             except CheckpointError as exc:
-                logger.warning("lease table %s: taking round failed: %s", self.table.name, exc)
+                log_limit.warn(
+                    logger,
+                    (self.table.name, "taking"),
+                    "lease table %s: taking round failed: %s",
+                    self.table.name,
+                    exc,
+                )
             # The next round comes after the interval, or when a peer's lease would
             # expire if it is not renewed by then (a crashed worker's shards move as
             # soon as they may), or when something here changed.
@@ -213,7 +220,9 @@ class LeaseCoordinator:
         try:
             await self._write(key, self.table.renew, "renewal refused")
         except CheckpointError as exc:
-            logger.warning("lease table %s: %s", self.table.name, exc)
+            log_limit.warn(
+                logger, (self.table.name, "renew", key), "lease table %s: %s", self.table.name, exc
+            )
 
     # -- checkpoints ---------------------------------------------------------------------
 

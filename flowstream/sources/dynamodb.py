@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, final
 import anyio
 import msgspec
 
+from flowstream import log_limit
 from flowstream.aws import (
     configuration_error,
     create_client,
@@ -309,11 +310,14 @@ class _DynamoDBSession(StreamSession):
                         raise
                     raise error from exc
                 delay = backoff.next_delay()
-                logger.warning(
+                code = error_code(exc) or type(exc).__name__
+                log_limit.warn(
+                    logger,
+                    (self.stream_id, operation, code),
                     "%s on %s failed (%s); retrying in %.2fs",
                     operation,
                     self.stream_id,
-                    error_code(exc) or type(exc).__name__,
+                    code,
                     delay,
                 )
                 await anyio.sleep(delay)
@@ -425,7 +429,9 @@ class _DynamoDBReader(ShardReader):
                     continue
                 if is_retryable(exc):
                     delay = backoff.next_delay()
-                    logger.warning(
+                    log_limit.warn(
+                        logger,
+                        (self._shard.shard_id, "GetRecords", code or type(exc)),
                         "GetRecords on shard %s failed (%s); retrying in %.2fs",
                         self._shard.shard_id,
                         code or type(exc).__name__,
