@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 
 from flowstream.cli_options import add_stream_arguments, fail, stream_source
-from flowstream.errors import FlowstreamError
+from flowstream.errors import FlowstreamError, PipelineError
 
 if TYPE_CHECKING:
     from flowstream.record import Record
@@ -86,8 +86,6 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         pass
     except FlowstreamError as exc:
         return fail("tail", exc)
-    except OSError as exc:  # --pattern @FILE that cannot be read
-        return fail("tail", exc)
     if tail.pipe_closed:
         # The reader went away: later flushes (at exit too) would fail again.
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -111,11 +109,20 @@ def _pipeline(
     source = stream_source(args, parser, start=args.start)
     pipeline = fs.Pipeline(source, name="flowstream-tail")
     if events is not None or args.pattern is not None:
-        pattern = args.pattern
-        if pattern is not None and pattern.startswith("@"):
-            pattern = Path(pattern[1:]).read_text()
+        pattern = None if args.pattern is None else _pattern(args.pattern)
         pipeline = pipeline.filter(events=events, pattern=pattern)
     return pipeline.to(sinks.callback(tail.write, name="print"))
+
+
+def _pattern(text: str) -> Any:
+    from flowstream import patterns
+
+    try:
+        return patterns.compile(Path(text[1:]).read_text() if text.startswith("@") else text)
+    except FlowstreamError as exc:
+        raise PipelineError(f"--pattern: {exc}") from None
+    except OSError as exc:
+        raise PipelineError(f"--pattern {text}: cannot read the file: {exc}") from None
 
 
 class _Tail:
