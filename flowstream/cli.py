@@ -120,7 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         apply_global_options(args)
     except FlowstreamError as exc:
-        return fail(args.command if args.command != "checkpoints" else "checkpoints", exc)
+        command = args.command
+        return fail(f"checkpoints {args.action}" if command == "checkpoints" else command, exc)
     if args.command in ("describe", "status", "tail", "checkpoints", "run"):
         return _operate(args, subparsers)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
