@@ -28,6 +28,8 @@ _FORGET_AFTER = 10
 class _Seen:
     last: float
     held: int = 0
+    #: the latest line held back, written by `flush()`
+    latest: tuple[logging.Logger, str, tuple[Any, ...]] | None = None
 
 
 class LogLimiter:
@@ -49,6 +51,7 @@ class LogLimiter:
         seen = self._seen.get(key)
         if seen is not None and now - seen.last < self.interval:
             seen.held += 1
+            seen.latest = (logger, msg, args)
             return False
         if seen is not None and seen.held:
             msg += " (%d more like this in the last %.0fs)"
@@ -58,6 +61,18 @@ class LogLimiter:
         if now - self._swept > self.interval * _FORGET_AFTER:
             self._sweep(now)
         return True
+
+    def flush(self) -> None:
+        """Write the latest held-back line of each key, with its count (a run calls this
+        when it ends, so the end of an outage is not left uncounted)."""
+        now = self._clock()
+        for seen in self._seen.values():
+            if seen.held and seen.latest is not None:
+                logger, msg, args = seen.latest
+                logger.warning(
+                    msg + " (%d like this in the last %.0fs)", *args, seen.held, now - seen.last
+                )
+                seen.held, seen.latest, seen.last = 0, None, now
 
     def _sweep(self, now: float) -> None:
         horizon = self.interval * _FORGET_AFTER

@@ -18,7 +18,23 @@ if TYPE_CHECKING:
     from flowstream.record import Record
     from flowstream.sinks.base import Sink
 
-__all__ = ["FailurePolicy"]
+__all__ = ["FailurePolicy", "is_transient"]
+
+#: Retries of a failure that is not transient, under ``retries=None``.
+_DEFAULT_RETRIES = 3
+
+
+def is_transient(error: BaseException) -> bool:
+    """True for a failure that goes away by itself: one that says it is retryable
+    (a sink's `DeliveryError` for throttling, 5xx, timeouts, broken or refused
+    connections), a timeout or connection error, or an AWS throttling or server error."""
+    if getattr(error, "retryable", None) is True:
+        return True
+    if isinstance(error, TimeoutError | ConnectionError):
+        return True
+    from flowstream.aws import is_retryable
+
+    return is_retryable(error)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,9 +45,10 @@ class FailurePolicy:
     - `retries`: attempts after the first, each after an exponential backoff with full
       jitter between 0 and min(cap, base·2ⁿ⁻¹) seconds, `backoff=(base, cap)`. An error
       that says retrying cannot help (``retryable=False``, e.g. an HTTP 400) is not
-      retried. `retries=None` retries retryable failures (throttling, 5xx, refused
-      connections, timeouts) until they succeed or the record passes `max_record_age`:
-      a sink outage holds its shards back, in order, instead of dead-lettering them.
+      retried. `retries=None` retries transient failures (throttling, 5xx, refused
+      connections, timeouts: `is_transient`) until they succeed or the record passes
+      `max_record_age`: a sink outage holds its shards back, in order, instead of
+      dead-lettering them; other failures (a bug, a poison record) get 3 retries.
     - `bisect`: when a sink fails a whole batch without saying which item is to blame,
       split the batch in halves and send them in order until the failing items stand
       alone; every other item is delivered.
@@ -52,14 +69,20 @@ class FailurePolicy:
     def __post_init__(self) -> None:
         _check(self)
 
-    def may_retry(self, attempt: int) -> bool:
-        """Whether retry number `attempt` (from 1) is allowed."""
-        return self.retries is None or attempt <= self.retries
+    def may_retry(self, attempt: int, error: BaseException) -> bool:
+        """Whether retry number `attempt` (from 1) of a failure with `error` is allowed.
+        With ``retries=None`` a transient error (`is_transient`) is retried for as long
+        as it lasts; any other gets the default number of retries, so that a bug or a
+        poison record still ends in the dead letter (or a stopped shard)."""
+        if self.retries is not None:
+            return attempt <= self.retries
+        return attempt <= _DEFAULT_RETRIES or is_transient(error)
 
-    @property
-    def retries_text(self) -> str:
-        """The retry limit as log lines say it."""
-        return "unlimited" if self.retries is None else str(self.retries)
+    def retry_limit(self, error: BaseException) -> str:
+        """The retry limit for a failure with `error`, as log lines say it."""
+        if self.retries is not None:
+            return str(self.retries)
+        return "unlimited" if is_transient(error) else str(_DEFAULT_RETRIES)
 
     def delay(self, attempt: int) -> float:
         """The wait before retry number `attempt` (from 1)."""
@@ -77,7 +100,11 @@ class FailurePolicy:
 
     def describe(self) -> str:
         base, cap = self.backoff
-        retries = "retries until success" if self.retries is None else f"{self.retries} retries"
+        retries = (
+            f"retries until success (transient failures; others {_DEFAULT_RETRIES})"
+            if self.retries is None
+            else f"{self.retries} retries"
+        )
         parts = [f"{retries}, backoff {base:g}-{cap:g}s"]
         if not self.bisect:
             parts.append("no bisect")
@@ -102,7 +129,7 @@ def _check(policy: FailurePolicy) -> None:
     ):
         raise PipelineError(
             f"{where} got retries={retries!r}; give a whole number of retries, 0 or more, "
-            "or None to retry retryable failures until they succeed"
+            "or None to retry transient failures until they succeed"
         )
     try:
         base, cap = (float(x) for x in policy.backoff)

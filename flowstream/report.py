@@ -156,6 +156,11 @@ class RunReport(msgspec.Struct):
         return sum(s.failed for s in self.shards.values())
 
     @property
+    def retries(self) -> int:
+        """Retries of failing records or batches, over every shard."""
+        return sum(s.retries for s in self.shards.values())
+
+    @property
     def dead_lettered(self) -> int:
         """Records sent to a dead-letter sink (and acknowledged by it)."""
         return sum(s.dead_lettered for s in self.shards.values())

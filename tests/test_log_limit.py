@@ -141,3 +141,15 @@ async def test_a_run_uses_its_own_limiter_in_the_tasks_it_starts() -> None:
         tg.start_soon(run)
     assert seen == [mine]
     assert log_limit.current() is outer  # the caller's context is left as it was
+
+
+def test_flush_writes_what_was_held_back_since_the_last_line(
+    clock: Clock, lines: list[str]
+) -> None:
+    limiter = LogLimiter(10.0, clock)
+    for n in range(5):
+        limiter.warn(logger, "k", "retry %d", n)
+        clock.now += 1.0
+    limiter.flush()
+    limiter.flush()  # nothing more was held back: nothing more is written
+    assert lines == ["retry 0", "retry 4 (4 like this in the last 5s)"]

@@ -183,7 +183,8 @@ class _Engine:
 
     async def main(self) -> None:
         # this task and those it starts write repeated warnings at the run's pace
-        log_limit.use(log_limit.LogLimiter(self.log_interval))
+        limiter = log_limit.LogLimiter(self.log_interval)
+        log_limit.use(limiter)
         try:
             with anyio.CancelScope(shield=True):
                 # The stop watchers run from the start: a stop asked for while the source,
@@ -200,6 +201,7 @@ class _Engine:
         except BaseException as exc:
             self.error = first_error(exc)
         finally:
+            limiter.flush()
             self.report.finished = datetime.now(UTC)
             if self.monitor is not None:
                 error = self.error

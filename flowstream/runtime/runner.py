@@ -235,7 +235,7 @@ class ShardRunner:
             error = failure.error
             retryable = _retryable(error)
             too_old = policy.too_old(records[0], now)
-            if retryable and policy.may_retry(attempts) and not too_old:
+            if retryable and policy.may_retry(attempts, error) and not too_old:
                 self.report.retries += 1
                 log_limit.warn(
                     logger,
@@ -247,7 +247,7 @@ class ShardRunner:
                     type(error).__name__,
                     error,
                     attempts,
-                    policy.retries_text,
+                    policy.retry_limit(error),
                 )
                 await anyio.sleep(policy.delay(attempts))
                 continue
@@ -583,7 +583,7 @@ class _Delivery:
                         group = [k for k in group if k not in self._given_up]
                         order = [k for k in order if k not in self._given_up]
                 attempt = max((self._tries[k].alone for k in group), default=0)
-                if group and not bisecting and self._retryable(error) and may_retry(attempt):
+                if group and not bisecting and self._retryable(error) and may_retry(attempt, error):
                     if not await self._wait(attempt, [error], len(group), order):
                         return False
                     pending = order
@@ -608,7 +608,7 @@ class _Delivery:
                     tries.alone += 1
                 if (
                     self._retryable(failed[k])
-                    and may_retry(tries.alone)
+                    and may_retry(tries.alone, failed[k])
                     and not self._too_old(k, now)
                 ):
                     retrying.append(k)
@@ -695,7 +695,7 @@ class _Delivery:
             type(error).__name__,
             error,
             attempt,
-            self.policy.retries_text,
+            self.policy.retry_limit(error),
         )
         if await runner.wait_to_retry(_retry_delay(self.policy.delay(attempt), errors)):
             return True
