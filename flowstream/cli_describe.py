@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import TYPE_CHECKING, Final
 
 import anyio
 import msgspec
@@ -30,6 +30,13 @@ from flowstream.cli_options import (
     stream_source,
 )
 from flowstream.errors import FlowstreamError
+
+if TYPE_CHECKING:
+    from flowstream.checkpoints.base import CheckpointStore
+    from flowstream.checkpoints.owner import Claim
+    from flowstream.leases.dynamodb import DynamoDBLeases
+    from flowstream.sources.base import Shard, StreamSession
+    from flowstream.sources.dynamodb import DynamoDBSource
 
 __all__ = ["ShardLine", "add_arguments", "main"]
 
@@ -110,11 +117,12 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 async def _describe(
-    source: Any, store: Any, leases: Any, pipeline: str | None, lag: bool
+    source: DynamoDBSource,
+    store: CheckpointStore | None,
+    leases: DynamoDBLeases | None,
+    pipeline: str | None,
+    lag: bool,
 ) -> tuple[str, list[ShardLine], str | None]:
-    from flowstream.sources.dynamodb import DynamoDBSource
-
-    assert isinstance(source, DynamoDBSource)
     async with source.open() as session:
         listed = await session.list_shards()
         lines = [
@@ -127,7 +135,7 @@ async def _describe(
             )
             for s in listed
         ]
-        if pipeline is None and leases is None:
+        if store is None and leases is None:
             return session.stream_id, lines, None
         if leases is not None:
             async with leases.open() as table:
@@ -142,6 +150,8 @@ async def _describe(
                 f"held by {', '.join(owners)}" if owners else "no lease held"
             )
         else:
+            assert store is not None
+            assert pipeline is not None
             stored = await store.inspect(pipeline, session.stream_id)
             for line in lines:
                 line.checkpoint = stored.positions.get(line.shard_id)
@@ -177,7 +187,9 @@ def _known_progress(line: ShardLine) -> str | None:
     return None
 
 
-async def _probe(session: Any, shard: Any, line: ShardLine, limiter: anyio.CapacityLimiter) -> None:
+async def _probe(
+    session: StreamSession, shard: Shard, line: ShardLine, limiter: anyio.CapacityLimiter
+) -> None:
     """How far behind `line.checkpoint` is: read (Limit=1) from just after it, or from
     the start of a shard not started."""
     from flowstream.errors import TrimmedDataError
@@ -210,7 +222,7 @@ async def _probe(session: Any, shard: Any, line: ShardLine, limiter: anyio.Capac
             await reader.aclose()
 
 
-def _claim_text(store: str, claim: Any) -> str:
+def _claim_text(store: str, claim: Claim | None) -> str:
     from flowstream.checkpoints.owner import Claim, may_take
 
     if claim is None:
