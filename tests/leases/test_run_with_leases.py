@@ -13,6 +13,7 @@ from typing import Any
 import anyio
 import boto3
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sink_support import new_session
 from support import eventually, wait_until
 
@@ -22,6 +23,7 @@ from flowstream.checkpoints.base import SHARD_END
 from flowstream.errors import PipelineError
 from flowstream.leases.lease import Lease
 from flowstream.leases.table import LeaseTable
+from flowstream.monitor import Monitor
 from flowstream.sinks.collect import CollectSink
 from flowstream.testing import LocalStreamsServer, MemoryStream
 
@@ -39,6 +41,7 @@ class Worker:
     report: fs.RunReport | None = None
     live: fs.RunReport | None = None  # the report while the run goes on
     done: anyio.Event = field(default_factory=anyio.Event)
+    monitor: Monitor = field(default_factory=Monitor)
 
     def lost(self) -> int:
         report = self.report or self.live
@@ -93,6 +96,7 @@ class Fleet:
                     leases=table,
                     on_progress=lambda report: setattr(worker, "live", report),
                     progress_interval=0.05,
+                    monitor=worker.monitor,
                 )
             finally:
                 worker.done.set()
@@ -189,6 +193,46 @@ class TestSharing:
             await wait_until(lambda: len(again.out.items) == 6, PROMPT)
             await f.stop("a2")
         assert sorted(int(r.keys["pk"]) for r in again.out.records) == list(range(20, 26))
+
+
+class TestMetrics:
+    async def test_each_worker_exports_the_leases_it_holds_took_and_lost(
+        self, moto_url: str
+    ) -> None:
+        def lease_metrics(worker: Worker) -> dict[tuple[str, ...], float]:
+            text = worker.monitor.metrics_text().decode()
+            return {
+                (s.name, *(s.labels.get(k, "") for k in ("worker", "event"))): s.value
+                for family in text_string_to_metric_families(text)
+                for s in family.samples
+                if s.name.startswith("flowstream_lease")
+            }
+
+        async with fleet(moto_url, shards=4) as f:
+            f.start("a")
+            await eventually(lambda: f.owned({"a": 4}))
+            await wait_until(
+                lambda: (
+                    lease_metrics(f.workers["a"]).get(("flowstream_leases_held", "a", "")) == 4.0
+                ),
+                PROMPT,
+            )
+            f.start("b")
+            await eventually(lambda: f.owned({"a": 2, "b": 2}))
+            await wait_until(
+                lambda: (
+                    lease_metrics(f.workers["a"]).get(("flowstream_leases_held", "a", "")) == 2.0
+                ),
+                PROMPT,
+            )
+            a = lease_metrics(f.workers["a"])
+            assert a[("flowstream_lease_events_total", "a", "taken")] == 4.0
+            assert a[("flowstream_lease_events_total", "a", "lost")] == 2.0
+            b = lease_metrics(f.workers["b"])
+            assert b[("flowstream_leases_held", "b", "")] == 2.0
+            assert b[("flowstream_lease_events_total", "b", "stolen")] == 2.0
+            await f.stop("a")
+            await f.stop("b")
 
 
 class TestLineage:

@@ -29,7 +29,11 @@ from flowstream.testing import MemoryStream
 
 TIMEOUT = 10.0
 QUICK: dict[str, Any] = {"backoff": (0.001, 0.002)}
-LONG_AGO = datetime.now(UTC) - timedelta(minutes=5)
+
+
+def long_ago() -> datetime:
+    """Five minutes before now (when the test puts its records, not at import)."""
+    return datetime.now(UTC) - timedelta(minutes=5)
 
 
 class Flaky(SimpleSink):
@@ -92,7 +96,7 @@ def busy_stream() -> tuple[MemoryStream, list[str]]:
                 pk = "flaky"
             kind = ("main", "audit", "main", "other")[n % 4]
             event = "REMOVE" if n % 5 == 4 else "INSERT"
-            stream.put(shard, event, {"pk": pk}, {"pk": pk, "kind": kind}, created_at=LONG_AGO)
+            stream.put(shard, event, {"pk": pk}, {"pk": pk, "kind": kind}, created_at=long_ago())
     stream.close(ids[2])
     return stream, ids
 
@@ -290,9 +294,10 @@ class TestMetricsEndpoint:
     async def test_iterator_age_is_0_caught_up_and_grows_while_a_sink_holds(self) -> None:
         stream = MemoryStream()
         free, held = stream.add_shard(), stream.add_shard()
+        created = long_ago()
         for n in range(5):
             for shard in (free, held):
-                stream.put(shard, "INSERT", {"pk": f"{n}"}, {"pk": f"{n}"}, created_at=LONG_AGO)
+                stream.put(shard, "INSERT", {"pk": f"{n}"}, {"pk": f"{n}"}, created_at=created)
         sink = Holding(held)
         monitor = Monitor()
         pipeline = fs.Pipeline(stream, name="ages").to(sink)
