@@ -60,6 +60,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo = commands.add_parser(
         "demo",
         help="run the embedded demo: a cache invalidator over a local DynamoDB table",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Start a local DynamoDB (moto's server, from the local extra), write changes to "
+            "a Users table and run a cache invalidator over its stream; or, with --serve, "
+            "keep the endpoint up for the examples and the other commands."
+        ),
+        epilog=("example:\n  flowstream demo --seconds 10\n  flowstream demo --serve --port 4566"),
     )
     demo.add_argument("--seconds", type=float, default=5.0, help="how long to write changes (5)")
     demo.add_argument(
@@ -76,6 +83,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "wrote) through a pipeline's steps and sinks. Letters that fail again follow "
             "the pipeline's on_failure: its dead-letter sink, or a stopped shard (exit 1). "
             "The file is not changed."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "example:\n  mv dead.jsonl replaying.jsonl\n"
+            "  flowstream replay replaying.jsonl --pipeline jobs/orders.py:build"
         ),
     )
     replay.add_argument("letters", help="the jsonl file of dead letters")
