@@ -230,6 +230,7 @@ LOG_INTERVAL = 5.0
 RETRY_LINE = re.compile(r"^shard (\S+): (.+?) failed .*\((\w+): .*; retry \d+ of unlimited")
 
 
+@pytest.mark.long
 class TestLongOutage:
     async def test_a_30s_outage_with_few_warning_lines(
         self, caplog: pytest.LogCaptureFixture
