@@ -28,8 +28,9 @@ _FORGET_AFTER = 10
 class _Seen:
     last: float
     held: int = 0
-    #: the latest line held back, written by `flush()`
-    latest: tuple[logging.Logger, str, tuple[Any, ...]] | None = None
+    #: the latest line held back (formatted: its arguments may hold whole pages),
+    #: written by `flush()`
+    latest: tuple[logging.Logger, str] | None = None
 
 
 class LogLimiter:
@@ -48,18 +49,18 @@ class LogLimiter:
         """Log `msg % args` as a warning unless `key` was logged less than an interval
         ago; True when it was written."""
         now = self._clock()
+        if now - self._swept > self.interval * _FORGET_AFTER:
+            self._sweep(now)
         seen = self._seen.get(key)
         if seen is not None and now - seen.last < self.interval:
             seen.held += 1
-            seen.latest = (logger, msg, args)
+            seen.latest = (logger, msg % args if args else msg)
             return False
         if seen is not None and seen.held:
             msg += " (%d more like this in the last %.0fs)"
             args = (*args, seen.held, now - seen.last)
         self._seen[key] = _Seen(now)
         logger.warning(msg, *args)
-        if now - self._swept > self.interval * _FORGET_AFTER:
-            self._sweep(now)
         return True
 
     def flush(self) -> None:
@@ -67,15 +68,20 @@ class LogLimiter:
         when it ends, so the end of an outage is not left uncounted)."""
         now = self._clock()
         for seen in self._seen.values():
-            if seen.held and seen.latest is not None:
-                logger, msg, args = seen.latest
-                logger.warning(
-                    msg + " (%d like this in the last %.0fs)", *args, seen.held, now - seen.last
-                )
-                seen.held, seen.latest, seen.last = 0, None, now
+            self._write_held(seen, now)
+
+    @staticmethod
+    def _write_held(seen: _Seen, now: float) -> None:
+        if seen.held and seen.latest is not None:
+            logger, line = seen.latest
+            logger.warning("%s (%d like this in the last %.0fs)", line, seen.held, now - seen.last)
+            seen.held, seen.latest, seen.last = 0, None, now
 
     def _sweep(self, now: float) -> None:
         horizon = self.interval * _FORGET_AFTER
+        for seen in self._seen.values():
+            if now - seen.last > horizon:
+                self._write_held(seen, now)  # what was held is told before it is forgotten
         self._seen = {k: s for k, s in self._seen.items() if now - s.last <= horizon}
         self._swept = now
 

@@ -12,6 +12,7 @@ prometheus-client and aiohttp's server are imported when a monitor is made or se
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -30,9 +31,10 @@ logger = logging.getLogger("flowstream")
 
 Phase = Literal["starting", "running", "stopping", "finished", "failed"]
 
-# Shards that are read no more in this run: no iterator age is exported for them, so
-# ended shards (a table rolls its shards over every few hours) do not pile up as series.
+# Shards that are read no more in this run: no iterator age is exported for them, and
+# their other series go after _GONE_FOR seconds (the last scrapes see their final counts).
 _GONE = (ShardState.ENDED, ShardState.SKIPPED, ShardState.LOST)
+_GONE_FOR = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +68,8 @@ class Monitor:
         from prometheus_client.registry import CollectorRegistry
 
         self._runs: dict[str, _Run] = {}
+        #: when each shard was first seen ended or lost: its series are dropped later
+        self._gone: dict[tuple[str, str], float] = {}
         #: where /metrics is read from: a private registry unless one is given
         self.registry = registry if registry is not None else CollectorRegistry()
         self.registry.register(self)
@@ -73,8 +77,19 @@ class Monitor:
     # -- fed by the engine ----------------------------------------------------------------
 
     def watch(self, report: RunReport) -> None:
-        """Start watching a run (a new run of the same pipeline replaces the old one)."""
+        """Start watching a run. A new run of a pipeline replaces its finished one (its
+        counters start again from 0, which Prometheus reads as a reset); a second run of
+        a pipeline still running is refused: their series would be one."""
+        old = self._runs.get(report.pipeline)
+        if old is not None and old.phase not in ("finished", "failed"):
+            from flowstream.errors import PipelineError
+
+            raise PipelineError(
+                f"the monitor already watches a running pipeline named {report.pipeline!r}; "
+                "give each pipeline run at the same time its own name, or its own Monitor"
+            )
         self._runs[report.pipeline] = _Run(report)
+        self._gone.clear()
 
     def set_phase(self, report: RunReport, phase: Phase, error: str | None = None) -> None:
         run = self._runs.get(report.pipeline)
@@ -182,7 +197,8 @@ class Monitor:
         )
         up = GaugeMetricFamily(
             "flowstream_up",
-            "1 while the pipeline runs and is ready, 0 otherwise.",
+            "1 while the run is running (stopped shards included: see flowstream_shards_"
+            "stopped), 0 while it starts, stops, or after it finished or failed.",
             labels=["pipeline", "phase"],
         )
         leases_held = GaugeMetricFamily(
@@ -194,15 +210,18 @@ class Monitor:
             ["pipeline", "worker", "event"],
         )
         now = datetime.now(UTC)
-        for name, run in self._runs.items():
+        clock = time.monotonic()
+        for name, run in list(self._runs.items()):
             report = run.report
             at = report.finished or now
             up.add_metric([name, run.phase], 1.0 if run.phase == "running" else 0.0)
             states = dict.fromkeys(ShardState, 0)
             worst = 0.0
-            for shard_id, shard in report.shards.items():
+            for shard_id, shard in list(report.shards.items()):
                 labels = [name, shard_id]
                 states[shard.state] += 1
+                if not self._exported(name, shard_id, shard.state, clock):
+                    continue
                 read.add_metric(labels, shard.read)
                 filtered.add_metric(labels, shard.filtered)
                 dropped.add_metric(labels, shard.dropped)
@@ -220,7 +239,7 @@ class Monitor:
             for state, count in states.items():
                 shards.add_metric([name, state.value], count)
             stopped.add_metric([name], states[ShardState.STOPPED])
-            for sink_name, sink in report.sinks.items():
+            for sink_name, sink in list(report.sinks.items()):
                 labels = [name, sink_name]
                 delivered.add_metric(labels, sink.delivered)
                 sink_failed.add_metric(labels, sink.failed)
@@ -261,6 +280,17 @@ class Monitor:
         if leases_held.samples:
             yield leases_held
             yield lease_events
+
+    def _exported(self, pipeline: str, shard_id: str, state: ShardState, clock: float) -> bool:
+        """Whether a shard's own series are exported: not for skipped shards (never
+        read), and not for ended or lost ones after `_GONE_FOR` seconds, so that a
+        table's shard rollovers (every few hours) do not pile up series."""
+        if state is ShardState.SKIPPED:
+            return False
+        if state not in _GONE:
+            return True
+        since = self._gone.setdefault((pipeline, shard_id), clock)
+        return clock - since < _GONE_FOR
 
     def metrics_text(self) -> bytes:
         """The registry in Prometheus' text format, as /metrics serves it."""
@@ -308,12 +338,8 @@ class Monitor:
                     f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}; choose "
                     "a free port (--metrics-port) or stop what listens there"
                 ) from None
-            bound = port
-            server = getattr(site, "_server", None)
-            sockets = getattr(server, "sockets", None) or ()
-            for sock in sockets:
-                bound = sock.getsockname()[1]
-                break
+            addresses = runner.addresses  # (host, port, ...) of each listening socket
+            bound = int(addresses[0][1]) if addresses else port
             logger.info("serving /metrics, /ready and /healthz on %s:%d", host, bound)
             yield bound
         finally:

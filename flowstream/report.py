@@ -10,12 +10,17 @@ import msgspec
 
 __all__ = [
     "LATENCY_BUCKETS",
+    "READ_OVERDUE",
     "LeaseReport",
     "RunReport",
     "ShardReport",
     "ShardState",
     "SinkReport",
 ]
+
+#: Seconds without a read returning after which a caught-up shard counts as behind by
+#: that long (an idle shard's reads return every poll, within seconds).
+READ_OVERDUE = 60.0
 
 #: Upper bounds (seconds) of the sink latency histogram's buckets (the last is +Inf).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -64,6 +69,8 @@ class ShardReport(msgspec.Struct):
     last_record_time: datetime | None = None
     #: everything read is done, and the last read found nothing newer
     caught_up: bool = False
+    #: when a read of the shard last returned (reads failing or hanging show as age)
+    last_read_at: datetime | None = None
 
     def iterator_age(self, now: datetime | None = None) -> float | None:
         """Seconds the shard is behind: now minus the creation time of the oldest record
@@ -72,7 +79,15 @@ class ShardReport(msgspec.Struct):
         now = now or datetime.now(UTC)
         if self.behind_since is not None:
             return max(0.0, (now - self.behind_since).total_seconds())
-        if self.caught_up or self.state in _DONE:
+        if self.state in _DONE:
+            return 0.0
+        if self.caught_up:
+            # caught up as of the last read: if reads stopped returning (throttling, an
+            # endpoint down), records written since then are waiting unseen
+            if self.last_read_at is not None:
+                unread = (now - self.last_read_at).total_seconds()
+                if unread > READ_OVERDUE:
+                    return unread
             return 0.0
         if self.last_record_time is not None:
             return max(0.0, (now - self.last_record_time).total_seconds())

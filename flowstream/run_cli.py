@@ -136,10 +136,15 @@ def main(args: argparse.Namespace) -> int:
 
     for option in ("grace_period", "log_interval", "progress_interval"):
         value = getattr(args, option)
-        least = 0.0 if option == "grace_period" else 1e-3
-        if not least <= value < float("inf"):
+        zero = option == "grace_period"
+        if not (value >= 0 if zero else value > 0) or value == float("inf"):
             flag = f"--{option.replace('_', '-')}"
-            return fail("run", ValueError(f"{flag} {value:g} must be a finite number of seconds"))
+            wanted = "0 or more" if zero else "more than 0"
+            return fail("run", ValueError(f"{flag} {value:g}: give a number of seconds, {wanted}"))
+    if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
+        return fail(
+            "run", ValueError(f"--metrics-port {args.metrics_port} is not a port: give 0 to 65535")
+        )
     live = args.view == "live" or (args.view == "auto" and sys.stdout.isatty())
     console = _console() if live else None
     _configure_logging(args.log_format, args.log_level, console)

@@ -153,3 +153,14 @@ def test_flush_writes_what_was_held_back_since_the_last_line(
     limiter.flush()
     limiter.flush()  # nothing more was held back: nothing more is written
     assert lines == ["retry 0", "retry 4 (4 like this in the last 5s)"]
+
+
+def test_a_key_forgotten_after_a_quiet_spell_first_writes_what_it_held(
+    clock: Clock, lines: list[str]
+) -> None:
+    limiter = LogLimiter(1.0, clock)
+    limiter.warn(logger, "outage", "retry %d", 1)
+    limiter.warn(logger, "outage", "retry %d", 2)  # held
+    clock.now += 100.0  # quiet far longer than the keys are kept
+    limiter.warn(logger, "other", "something else")  # sweeps
+    assert lines == ["retry 1", "retry 2 (1 like this in the last 100s)", "something else"]

@@ -288,6 +288,7 @@ class _DynamoDBSession(CheckpointSession):
         """Write `positions` unconditionally (None deletes): the operator's move, made
         while this session holds the claim."""
         retry = Retry()
+        changed: list[str] = []  # one write per shard: an error says how far it got
         with anyio.move_on_after(self._store.timeout):
             for shard, position in positions.items():
                 key = {PARTITION_KEY: {"S": self._key}, SORT_KEY: {"S": shard}}
@@ -297,6 +298,7 @@ class _DynamoDBSession(CheckpointSession):
                         await self._table.call(
                             "delete_item", {"TableName": self._store.table, "Key": key}, retry
                         )
+                        changed.append(shard)
                         continue
                     updated_at = (
                         datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -313,14 +315,20 @@ class _DynamoDBSession(CheckpointSession):
                         },
                     }
                     await self._table.call("update_item", params, retry)
+                    changed.append(shard)
                 except Exception as exc:
                     raise self._table.error(
-                        f"cannot change the checkpoint of shard {shard!r}",
+                        f"cannot change the checkpoint of shard {shard!r} (already changed: "
+                        f"{', '.join(changed) or 'none'}; the same command again finishes it)",
                         exc,
                         action="DeleteItem" if position is None else "UpdateItem",
                     ) from None
             return
-        raise self._table.timed_out("cannot change checkpoints", retry.last)
+        raise self._table.timed_out(
+            f"cannot change checkpoints (already changed: {', '.join(changed) or 'none'}; the "
+            "same command again finishes it)",
+            retry.last,
+        )
 
     async def heartbeat(self) -> None:
         params = {

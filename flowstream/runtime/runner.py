@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -108,6 +109,13 @@ class ShardRunner:
     _stopping: bool = False
     # Made by the first wait to retry: an idle shard (most of 1,000) never needs one.
     _stop_requested: anyio.Event | None = None
+    # The oldest record's creation time of each work handed to the consumer and not yet
+    # finished (None for a work without records), oldest first: the iterator age.
+    _queued: deque[datetime | None] = field(default_factory=deque)
+    # The last read said nothing more was there (and its records, if any, are queued).
+    _read_caught_up: bool = False
+    # The creation time of a record a step is being retried on (not yet in a work).
+    _holding: datetime | None = None
 
     @property
     def drain(self) -> bool:
@@ -143,14 +151,15 @@ class ShardRunner:
                     page = _before_cut(page, self.drain_cut)
                 report = self.report
                 report.read += len(page.records)
+                report.last_read_at = datetime.now(UTC)
                 if page.note:
                     report.notes.append(page.note)
                 if page.records:
-                    report.caught_up = False
-                    if report.behind_since is None:
-                        report.behind_since = page.records[0].approximate_creation_time
-                elif page.caught_up and report.behind_since is None:
-                    report.caught_up = True
+                    report.caught_up = self._read_caught_up = False
+                elif page.caught_up:
+                    self._read_caught_up = True
+                    if not self._queued:
+                        report.caught_up = True  # everything read is done
                 if not (page.records or page.ended or (self.drain and page.caught_up)):
                     # An idle poll: nothing to deliver, so the consumer sleeps on (a
                     # reader that never waits must still let other tasks run).
@@ -158,10 +167,20 @@ class ShardRunner:
                     continue
                 if not await self._process_page(page, send):
                     return  # stopped at a record that failed for good
+                self._read_caught_up = page.caught_up
                 if page.ended or (self.drain and page.caught_up):
                     return
                 # Not kept while the next read waits: a lazy record holds its page's body.
                 del page
+
+    async def _send(self, send: MemoryObjectSendStream[_Work], work: _Work) -> None:
+        """Hand `work` to the consumer, noting its oldest record for the iterator age."""
+        created = work.records[0].approximate_creation_time if work.records else None
+        self._holding = None  # a record retried in a step is in a work from here on
+        self._queued.append(created)
+        if self.report.behind_since is None:
+            self.report.behind_since = created
+        await send.send(work)
 
     async def _process_page(self, page: Page, send: MemoryObjectSendStream[_Work]) -> bool:
         """Process a page; records over the age limit are dead-lettered unprocessed.
@@ -199,7 +218,9 @@ class ShardRunner:
                     )
                     for k in range(len(run))
                 ]
-                await send.send(_Work(run, _EMPTY, len(run), caught_up, ended, letters=letters))
+                await self._send(
+                    send, _Work(run, _EMPTY, len(run), caught_up, ended, letters=letters)
+                )
             elif not await self._process(run, send, caught_up, ended):
                 return False
             start = end
@@ -220,12 +241,12 @@ class ShardRunner:
             processed = await self.plan.process(records)
             failure = processed.failure
             if failure is None:
-                await send.send(_Work(records, processed, len(records), caught_up, ended))
+                await self._send(send, _Work(records, processed, len(records), caught_up, ended))
                 return True
             # Deliver what came before the failing record, then retry from it.
             index = failure.record_index
             if index > 0:
-                await send.send(_Work(records, processed, index))
+                await self._send(send, _Work(records, processed, index))
                 attempts, first = 0, None  # a new failing record: it gets its own retries
                 records = records[index:]
             attempts += 1
@@ -237,6 +258,10 @@ class ShardRunner:
             too_old = policy.too_old(records[0], now)
             if retryable and policy.may_retry(attempts, error) and not too_old:
                 self.report.retries += 1
+                # the record waits here, not in a queued work: the age counts from it
+                self._holding = records[0].approximate_creation_time
+                if not self._queued:
+                    self.report.behind_since = self._holding
                 log_limit.warn(
                     logger,
                     (self.shard.shard_id, failure.step, type(error)),
@@ -253,7 +278,7 @@ class ShardRunner:
                 continue
             if policy.dead_letter is None:
                 stop = _Stop(0, failure.step, error)
-                await send.send(_Work(records, _EMPTY, 0, stop=stop))
+                await self._send(send, _Work(records, _EMPTY, 0, stop=stop))
                 return False
             letter = _Letter(
                 0,
@@ -267,7 +292,8 @@ class ShardRunner:
             )
             rest = records[1:]
             self.report.failed += 1
-            await send.send(
+            await self._send(
+                send,
                 _Work(
                     records[:1],
                     _EMPTY,
@@ -275,7 +301,7 @@ class ShardRunner:
                     caught_up and not rest,
                     ended and not rest,
                     letters=[letter],
-                )
+                ),
             )
             if not rest:
                 return True
@@ -291,8 +317,6 @@ class ShardRunner:
                 return ShardState.LOST  # its new holder reads it again
             if work.stop is not None:
                 return self._stopped(work.records, work.stop, 1)
-            if work.records and self.report.behind_since is None:
-                self.report.behind_since = work.records[0].approximate_creation_time
             stop, letters = await self._deliver(work)
             letters = work.letters + letters
             if stop is not None:
@@ -321,7 +345,7 @@ class ShardRunner:
                 self.checkpointer.advance(
                     self.shard.shard_id, work.records[work.done - 1].sequence_number, work.done
                 )
-                self._done_through(work)
+            self._done_through(work)
             if work.ended:
                 await self.checkpointer.shard_end(self.shard.shard_id)
                 return ShardState.ENDED
@@ -333,15 +357,22 @@ class ShardRunner:
         return ShardState.PAUSED
 
     def _done_through(self, work: _Work) -> None:
-        """Move the iterator-age marks past the records `work` finished."""
+        """Move the iterator-age marks past `work`: the oldest record still waiting is
+        the next of this work, or the first of the next one the producer handed over."""
         report = self.report
         records = work.records
-        report.last_record_time = records[work.done - 1].approximate_creation_time
+        queued = self._queued
+        if queued:
+            queued.popleft()
+        if work.done:
+            report.last_record_time = records[work.done - 1].approximate_creation_time
         if work.done < len(records):
             report.behind_since = records[work.done].approximate_creation_time
+        elif queued:
+            report.behind_since = next((t for t in queued if t is not None), None)
         else:
-            report.behind_since = None  # the next page marks itself when it comes
-            report.caught_up = work.caught_up
+            report.behind_since = self._holding
+            report.caught_up = self._read_caught_up and self._holding is None
 
     def _stopped(self, records: list[Record], stop: _Stop, failed: int) -> ShardState:
         index = stop.record_index

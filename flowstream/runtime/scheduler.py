@@ -225,10 +225,14 @@ class Scheduler:
             return
         if self._leases is not None:
             for shard_id in self._leases.held():
+                if self._stopping:
+                    return  # a shard that failed to launch ended the run (exit on stop)
                 if shard_id not in self._runners and self._leases.position(shard_id):
                     self._launch(tg, self._known.get(shard_id) or self._leases.shard(shard_id))
             return
-        for shard in self._known.values():
+        for shard in list(self._known.values()):
+            if self._stopping:
+                return
             if self._ready(shard):
                 self._launch(tg, shard)
 
@@ -256,6 +260,9 @@ class Scheduler:
         if stats is None:
             stats = ShardReport(shard.shard_id, shard.parent_shard_id)
             self._report.shards[shard.shard_id] = stats
+        else:  # a lease taken again: its last run's marks say nothing of this one
+            stats.behind_since = stats.stopped_since = stats.stopped_at = stats.error = None
+            stats.caught_up, stats.held = False, 0
         try:
             reader = self._session.reader(shard, self._position(shard))
         except Exception as exc:
