@@ -166,7 +166,7 @@ def _add_operating_commands(
 ) -> dict[str, argparse.ArgumentParser]:
     """The commands of an operator: run, describe, status, tail, checkpoints. Their
     modules are imported when they run, not to build the parser."""
-    from flowstream import cli_checkpoints, cli_describe, cli_tail, run_cli
+    from flowstream import cli_checkpoints, cli_describe, cli_run, cli_tail
 
     raw = argparse.RawDescriptionHelpFormatter
     run = commands.add_parser(
@@ -184,7 +184,7 @@ def _add_operating_commands(
             "--checkpoints dynamodb:flowstream-checkpoints"
         ),
     )
-    run_cli.add_arguments(run)
+    cli_run.add_arguments(run)
     describe = commands.add_parser(
         "describe",
         help="a stream's shards as a lineage tree; with a pipeline, how far behind it is",
@@ -309,9 +309,9 @@ def _operate(args: argparse.Namespace, parsers: dict[str, argparse.ArgumentParse
     # A warning of the source or a store (retries, a disabled stream) is one line.
     logging.basicConfig(level=logging.WARNING, format="flowstream: %(levelname)s: %(message)s")
     if args.command == "run":
-        from flowstream import run_cli
+        from flowstream import cli_run
 
-        return run_cli.main(args)
+        return cli_run.main(args)
     if args.command in ("describe", "status"):
         from flowstream import cli_describe
 
