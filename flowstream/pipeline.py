@@ -8,7 +8,7 @@ so every mistake that can be seen while building is reported there, as a
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Hashable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic, Literal, NoReturn, TypeVar, final, overload
@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, NoReturn, TypeVar, fina
 import anyio
 
 from flowstream import patterns
+from flowstream.batching import Batching
 from flowstream.callables import callable_name, is_async_callable
+from flowstream.concurrency import Concurrency
 from flowstream.errors import PipelineError
 from flowstream.patterns import Pattern, PatternError
 from flowstream.plan import Filter, FlatMap, Map, Plan, Route, Step
@@ -102,13 +104,15 @@ class Pipeline(Generic[T]):
     """A declarative stream pipeline. Build it from a source, then chain `filter`,
     `map` and `flat_map`, and end it with `route` or `to`; `run()` it."""
 
-    __slots__ = ("_name", "_policy", "_route", "_source", "_steps")
+    __slots__ = ("_batching", "_concurrency", "_name", "_policy", "_route", "_source", "_steps")
 
     _source: Source
     _name: str | None
     _steps: tuple[Step, ...]
     _route: Route | None
     _policy: FailurePolicy
+    _concurrency: Concurrency
+    _batching: Batching
 
     def __init__(self: Pipeline[Record], source: Source, *, name: str | None = None) -> None:
         _check_source(source, "fs.Pipeline()")
@@ -122,6 +126,8 @@ class Pipeline(Generic[T]):
         self._steps = ()
         self._route = None
         self._policy = FailurePolicy()
+        self._concurrency = Concurrency()
+        self._batching = Batching()
 
     # -- building ---------------------------------------------------------------------
 
@@ -132,6 +138,8 @@ class Pipeline(Generic[T]):
         new._steps = self._steps if step is None else (*self._steps, step)
         new._route = route
         new._policy = self._policy
+        new._concurrency = self._concurrency
+        new._batching = self._batching
         return new
 
     def _where(self, method: str) -> str:
@@ -376,6 +384,31 @@ class Pipeline(Generic[T]):
         new._policy = policy
         return new
 
+    def concurrency(
+        self, per_shard: int, *, key: Callable[[T], Hashable] | None = None
+    ) -> Pipeline[T]:
+        """Deliver up to `per_shard` elements of a shard at once, never two with the same
+        key at once and never out of order within a key (docs/concurrency.md). `key`
+        gives an element's ordering key (default: the keys of the record it came from);
+        what it raises, or an unhashable key, is a failure of that record under the
+        failure policy. The checkpoint stays the contiguous frontier: a fast key never
+        moves it past a slow one. `per_shard=1` is one element at a time, in shard order.
+        May come anywhere in the chain, also after the end."""
+        settings = Concurrency(per_shard, key)
+        new = self._next(route=self._route)
+        new._concurrency = settings
+        return new
+
+    def batching(self, max_window: float, *, max_records: int = 1000) -> Pipeline[T]:
+        """Let each shard gather pages for up to `max_window` seconds (or `max_records`
+        records) and deliver them together: on a slow trickle, sinks then send fewer,
+        fuller requests, at the cost of up to `max_window` seconds of latency
+        (docs/concurrency.md). May come anywhere in the chain, also after the end."""
+        settings = Batching(max_window, max_records)
+        new = self._next(route=self._route)
+        new._batching = settings
+        return new
+
     def with_source(self, source: Source) -> Pipeline[T]:
         """The same steps, route and failure policy over another source (a replay, a
         test stream, another table with the same items)."""
@@ -428,6 +461,10 @@ class Pipeline(Generic[T]):
             lines.append(f"  {len(self._steps) + 1}. {self._route.describe()}")
         if self._policy != FailurePolicy():
             lines.append(f"  {self._policy.describe()}")
+        if self._concurrency != Concurrency():
+            lines.append(f"  {self._concurrency.describe()}")
+        if self._batching.enabled:
+            lines.append(f"  {self._batching.describe()}")
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -442,7 +479,7 @@ class Pipeline(Generic[T]):
                 f"end, so its elements would go nowhere; make step {len(self._steps) + 1} "
                 ".to(sink, ...) or .route(fs.when(...), otherwise=...)"
             )
-        return Plan(self._steps, self._route, self._policy)
+        return Plan(self._steps, self._route, self._policy, self._concurrency, self._batching)
 
     # -- running ------------------------------------------------------------------------
 

@@ -11,12 +11,14 @@ is kept by never delivering past a failure).
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import CoroutineType
 from typing import Any
 
+from flowstream.batching import Batching
 from flowstream.callables import callable_name
+from flowstream.concurrency import Concurrency, KeyFailure, keys_of
 from flowstream.patterns import Pattern
 from flowstream.policy import FailurePolicy
 from flowstream.record import EventName, Record
@@ -131,6 +133,42 @@ class Processed:
     filter_origins: list[tuple[list[int], list[int]]] = field(default_factory=list, repr=False)
     #: record index of each element the route dropped
     dropped_origins: list[int] = field(default_factory=list, repr=False)
+    #: with per-key concurrency, each element's ordering key, per sink (as `outputs`)
+    keys: list[list[Hashable]] | None = None
+
+    def merged(self, then: Processed, offset: int) -> Processed:
+        """This page's results followed by `then`'s, whose records come `offset` records
+        later (a batching window delivers pages as one). Neither has a failure."""
+        sinks = max(len(self.outputs), len(then.outputs))
+        none: tuple[list[Any], list[int]] = ([], [])
+        firsts = self.outputs or [none] * sinks
+        thens = then.outputs or [none] * sinks
+        outputs = [
+            (values + more, origins + [o + offset for o in more_origins])
+            for (values, origins), (more, more_origins) in zip(firsts, thens, strict=True)
+        ]
+        steps = max(len(self.filter_origins), len(then.filter_origins))
+        filters = []
+        for j in range(steps):
+            kept_in, kept_out = self.filter_origins[j] if j < len(self.filter_origins) else ([], [])
+            more_in, more_out = then.filter_origins[j] if j < len(then.filter_origins) else ([], [])
+            filters.append(
+                (kept_in + [o + offset for o in more_in], kept_out + [o + offset for o in more_out])
+            )
+        keys = None
+        if self.keys is not None or then.keys is not None:
+            firsts_keys = self.keys or [[] for _ in range(sinks)]
+            thens_keys = then.keys or [[] for _ in range(sinks)]
+            keys = [a + b for a, b in zip(firsts_keys, thens_keys, strict=True)]
+        return Processed(
+            outputs,
+            self.filtered + then.filtered,
+            self.dropped + then.dropped,
+            None,
+            filters,
+            self.dropped_origins + [o + offset for o in then.dropped_origins],
+            keys,
+        )
 
     def counts_before(self, record_index: int) -> tuple[int, int]:
         """(filtered, dropped): how many elements of the records before `record_index`
@@ -150,6 +188,8 @@ class Plan:
     steps: tuple[Step, ...]
     route: Route
     policy: FailurePolicy = field(default_factory=FailurePolicy)
+    concurrency: Concurrency = field(default_factory=Concurrency)
+    batching: Batching = field(default_factory=Batching)
     sinks: list[Sink] = field(init=False)
     #: `sinks`, then the dead-letter sinks that are not among them: what a run opens
     all_sinks: list[Sink] = field(init=False)
@@ -248,12 +288,47 @@ class Plan:
                     cut = bisect_left(out_origins, record_index)
                     outputs[i] = (out_values[:cut], out_origins[:cut])
                 dropped = exc.origins
+        keys: list[list[Hashable]] | None = None
+        if self.concurrency.per_shard > 1:
+            keys, key_failure = self._keys(records, outputs)
+            if key_failure is not None:
+                failure = key_failure
         processed = Processed(
-            outputs, failure=failure, filter_origins=filters, dropped_origins=dropped
+            outputs, failure=failure, filter_origins=filters, dropped_origins=dropped, keys=keys
         )
         end = len(records) if failure is None else failure.record_index
         processed.filtered, processed.dropped = processed.counts_before(end)
         return processed
+
+    def _keys(
+        self, records: Sequence[Record], outputs: list[tuple[list[Any], list[int]]]
+    ) -> tuple[list[list[Hashable]], StepFailure | None]:
+        """Each output element's ordering key. Where a key cannot be had, the record is
+        a failure of its own (label ``concurrency``), and the outputs are cut before it."""
+        computed: dict[int, list[Hashable]] = {}  # fan-out sinks share their lists
+        keys: list[list[Hashable]] = []
+        first: tuple[int, BaseException] | None = None
+        for values, origins in outputs:
+            known = computed.get(id(values))
+            if known is None:
+                try:
+                    known = keys_of(self.concurrency, values, origins, records)
+                except KeyFailure as exc:
+                    known = exc.keys
+                    origin = origins[exc.index]
+                    if first is None or origin < first[0]:
+                        first = (origin, exc.error)
+                computed[id(values)] = known
+            keys.append(known)
+        if first is None:
+            return keys, None
+        origin, error = first
+        for i, (values, origins) in enumerate(outputs):
+            cut = bisect_left(origins, origin)
+            outputs[i] = (values[:cut], origins[:cut])
+            keys[i] = keys[i][:cut]
+        label = f"step {len(self.steps) + 1}: {self.concurrency.describe_key()}"
+        return keys, StepFailure(origin, label, error, len(self.steps))
 
     async def _route(
         self,

@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import anyio
@@ -21,6 +21,7 @@ import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from flowstream import log_limit
+from flowstream.concurrency import group_by_key
 from flowstream.deadletter import DeadLetter, Reason
 from flowstream.errors import NotSentError, SinkError
 from flowstream.plan import Plan, Processed
@@ -83,6 +84,8 @@ class _Work:
     ended: bool = False
     stop: _Stop | None = None
     letters: list[_Letter] = field(default_factory=list)
+    #: how many works the producer sent make this one (a batching window merges them)
+    parts: int = 1
 
 
 @dataclass
@@ -310,7 +313,18 @@ class ShardRunner:
     # -- consumer: deliver and acknowledge ----------------------------------------------
 
     async def _consume(self, receive: MemoryObjectReceiveStream[_Work]) -> ShardState:
-        async for work in receive:
+        batching = self.plan.batching
+        pending: _Work | None = None
+        while True:
+            if pending is not None:
+                work, pending = pending, None
+            else:
+                try:
+                    work = await receive.receive()
+                except anyio.EndOfStream:
+                    break
+            if batching.enabled and _gathers(work, self.drain):
+                work, pending = await self._gather(work, receive)
             if self._stopping:
                 break  # left unacknowledged: the next run reads it again
             if self.holds is not None and not self.holds():
@@ -356,14 +370,38 @@ class ShardRunner:
             del work, p, stop, letters
         return ShardState.PAUSED
 
+    async def _gather(
+        self, work: _Work, receive: MemoryObjectReceiveStream[_Work]
+    ) -> tuple[_Work, _Work | None]:
+        """Merge the works that come within the batching window (or until its record
+        limit) into `work`; a work that cannot join is handed back, to deliver next."""
+        batching = self.plan.batching
+        deadline = anyio.current_time() + batching.max_window
+        while len(work.records) < batching.max_records and not self._stopping:
+            following: _Work | None = None
+            with anyio.move_on_after(deadline - anyio.current_time()):
+                try:
+                    following = await receive.receive()
+                except anyio.EndOfStream:
+                    return work, None
+            if following is None:
+                break  # the window closed
+            if not _joins(following):
+                return work, following
+            work = _merged(work, following)
+            if not _gathers(work, self.drain):
+                break  # its end, or a drain's: deliver now
+        return work, None
+
     def _done_through(self, work: _Work) -> None:
         """Move the iterator-age marks past `work`: the oldest record still waiting is
         the next of this work, or the first of the next one the producer handed over."""
         report = self.report
         records = work.records
         queued = self._queued
-        if queued:
-            queued.popleft()
+        for _ in range(work.parts):
+            if queued:
+                queued.popleft()
         if work.done:
             report.last_record_time = records[work.done - 1].approximate_creation_time
         if work.done < len(records):
@@ -405,16 +443,24 @@ class ShardRunner:
             return None, []
         records = work.records
         policy = self.plan.policy
+        keys = work.processed.keys
+        per_shard = self.plan.concurrency.per_shard
         # Sinks of a fan-out share one origins list: look their records up once a page.
         looked_up: dict[int, list[Record]] = {}
-        deliveries: list[_Delivery] = []
+        deliveries: list[_Delivery | _KeyedDelivery] = []
         for i, (values, origins) in jobs:
             of = looked_up.get(id(origins))
             if of is None:
                 of = looked_up[id(origins)] = [records[o] for o in origins]
             batch = Batch(self.shard.shard_id, values, of)
             step = f"sink {self.sink_reports[i].name}"
-            deliveries.append(_Delivery(self, i, batch, origins, policy, step))
+            groups = group_by_key(keys[i]) if keys is not None else []
+            if len(groups) > 1:
+                deliveries.append(
+                    _KeyedDelivery(self, i, batch, origins, policy, step, groups, per_shard)
+                )
+            else:
+                deliveries.append(_Delivery(self, i, batch, origins, policy, step))
         stop = await _run_all(deliveries)
         return stop, [x for d in deliveries for x in d.letters]
 
@@ -737,7 +783,72 @@ class _Delivery:
         return False
 
 
-async def _run_all(deliveries: list[_Delivery]) -> _Stop | None:
+class _KeyedDelivery:
+    """Delivers one batch to one sink by key (`Pipeline.concurrency()`): each key's
+    items are one group, delivered in order as a `_Delivery` of its own (retries,
+    bisect and dead letters apply within it), up to `per_shard` groups at once, in the
+    order their first items come.
+
+    When a group stops (an item failed for good with no dead-letter sink, or a stop came
+    while it waited to retry), groups not yet started send only their items before the
+    stop: the shard's frontier stops just before it, everything before it is settled,
+    and nothing after it is started. Groups already in flight finish; what they
+    delivered past the stop is not checkpointed and is delivered again by the next run.
+    """
+
+    __slots__ = ("_args", "_earliest", "_parts", "groups", "per_shard")
+
+    def __init__(
+        self,
+        runner: ShardRunner,
+        index: int,
+        batch: Batch,
+        origins: list[int],
+        policy: FailurePolicy,
+        step: str,
+        groups: list[list[int]],
+        per_shard: int,
+    ) -> None:
+        self._args = (runner, index, batch, origins, policy, step)
+        self.groups = groups
+        self.per_shard = per_shard
+        self._parts: list[_Delivery] = []
+        self._earliest: int | None = None  # the record index of the earliest stop
+
+    @property
+    def stop(self) -> _Stop | None:
+        stops = [d.stop for d in self._parts if d.stop is not None]
+        return min(stops, key=lambda s: s.record_index) if stops else None
+
+    @property
+    def letters(self) -> list[_Letter]:
+        return [x for d in self._parts for x in d.letters]
+
+    async def run(self) -> None:
+        limiter = anyio.CapacityLimiter(self.per_shard)
+        async with anyio.create_task_group() as tg:
+            for group in self.groups:
+                tg.start_soon(self._group, limiter, group)
+
+    async def _group(self, limiter: anyio.CapacityLimiter, group: list[int]) -> None:
+        runner, index, batch, origins, policy, step = self._args
+        async with limiter:
+            if self._earliest is not None:
+                group = [k for k in group if origins[k] < self._earliest]
+                if not group:
+                    return
+            part = _Delivery(
+                runner, index, batch.subset(group), [origins[k] for k in group], policy, step
+            )
+            self._parts.append(part)
+            await part.run()
+            if part.stop is not None:
+                at = part.stop.record_index
+                if self._earliest is None or at < self._earliest:
+                    self._earliest = at
+
+
+async def _run_all(deliveries: Sequence[_Delivery | _KeyedDelivery]) -> _Stop | None:
     """Run the deliveries (to different sinks) concurrently; the earliest stop."""
     if len(deliveries) == 1:
         await deliveries[0].run()
@@ -793,6 +904,35 @@ def _outcome(result: object, size: int, sink: str) -> tuple[dict[int, BaseExcept
 
 
 _EMPTY = Processed([])
+
+
+def _gathers(work: _Work, drain: bool) -> bool:
+    """Whether a batching window may hold `work` for more: not at a stop, a partial
+    page, the shard's end, or a drain's."""
+    return _joins(work) and not work.ended and not (drain and work.caught_up)
+
+
+def _joins(work: _Work) -> bool:
+    """Whether `work` may be merged into the one before it: whole, with no stop."""
+    return work.stop is None and work.done == len(work.records)
+
+
+def _merged(first: _Work, then: _Work) -> _Work:
+    """One work of `first` and `then` (the next in the shard), as if one page."""
+    offset = len(first.records)
+    letters = first.letters + [
+        replace(letter, record_index=letter.record_index + offset) for letter in then.letters
+    ]
+    return _Work(
+        first.records + then.records,
+        first.processed.merged(then.processed, offset),
+        first.done + then.done,
+        then.caught_up,
+        then.ended,
+        None,
+        letters,
+        first.parts + then.parts,
+    )
 
 
 #: Longest wait a destination's Retry-After can impose on one retry.
