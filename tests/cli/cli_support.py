@@ -56,7 +56,7 @@ async def flowstream(
             env=dict(env) if env is not None else base_env(),
             cwd=cwd,
             check=False,
-            stdin=subprocess.DEVNULL,
+            input=b"",  # stdin at its end (anyio 4.4's run_process has no stdin=)
         )
     return Done(result.returncode, result.stdout.decode(), result.stderr.decode())
 
