@@ -6,7 +6,8 @@ Changes go out as JSON arrays of up to --batch-size events, each shard in order,
 Retry-After). A change that still fails, or that the endpoint rejects with another 4xx,
 stops its shard there; with --dead-letters it goes to that file instead and the shard goes
 on. Once the endpoint takes them, --replay sends the changes in such a file again. The
-bearer token comes from $WEBHOOK_TOKEN.
+bearer token comes from $WEBHOOK_TOKEN. A slow endpoint: --concurrency 10 keeps up to
+ten requests of a shard in flight, never two for the same item (docs/concurrency.md).
 
     WEBHOOK_TOKEN=... python examples/webhook_forwarder.py Users https://hooks.example.com/users
     python examples/webhook_forwarder.py Users http://127.0.0.1:8080/hook \
@@ -56,8 +57,11 @@ def build_pipeline(
     token: str | None = None,
     retries: int = 3,
     dead_letter: sinks.Sink | None = None,
+    concurrency: int = 1,
 ) -> fs.Pipeline[dict[str, Any]]:
-    """Changes that fail for good go to `dead_letter`; without one, their shard stops."""
+    """Changes that fail for good go to `dead_letter`; without one, their shard stops.
+    With `concurrency` above 1, up to that many requests of a shard are in flight at
+    once, never two for one item, so each item's changes still arrive in order."""
     auth = sinks.http.bearer(token) if token else None
     hook = sinks.http(url, batch_size=batch_size, auth=auth)
     return (
@@ -65,6 +69,7 @@ def build_pipeline(
         .map(event)
         .to(hook)
         .on_failure(retries=retries, dead_letter=dead_letter)
+        .concurrency(concurrency)
     )
 
 
@@ -77,6 +82,7 @@ async def run(args: argparse.Namespace) -> fs.RunReport:
         token=os.environ.get("WEBHOOK_TOKEN"),
         retries=args.retries,
         dead_letter=sinks.jsonl(args.dead_letters) if args.dead_letters else None,
+        concurrency=args.concurrency,
     )
     if args.replay:
         # the letters' records go through the same steps and sink; the table is not read
@@ -94,6 +100,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--endpoint-url", help="a local endpoint (default: AWS)")
     parser.add_argument("--batch-size", type=int, default=50, help="events per request (50)")
     parser.add_argument("--retries", type=int, default=3, help="retries of a failed request (3)")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=1,
+        help="requests of a shard in flight at once, in order per item (1)",
+    )
     parser.add_argument("--checkpoints", default="webhook_forwarder.db", help="SQLite file")
     parser.add_argument("--drain", action="store_true", help="stop once everything is read")
     parser.add_argument(
