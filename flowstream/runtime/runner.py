@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
@@ -119,6 +119,13 @@ class ShardRunner:
     _read_caught_up: bool = False
     # The creation time of a record a step is being retried on (not yet in a work).
     _holding: datetime | None = None
+    # With per-key concurrency: the key lanes, and how the shard ended once a page
+    # settled it (later pages are then not settled).
+    _lanes: _Lanes = field(init=False)
+    _outcome: ShardState | None = None
+
+    def __post_init__(self) -> None:
+        self._lanes = _Lanes(self.plan.concurrency.per_shard, len(self.writers))
 
     @property
     def drain(self) -> bool:
@@ -313,62 +320,134 @@ class ShardRunner:
     # -- consumer: deliver and acknowledge ----------------------------------------------
 
     async def _consume(self, receive: MemoryObjectReceiveStream[_Work]) -> ShardState:
-        batching = self.plan.batching
+        if self.plan.concurrency.per_shard > 1:
+            return await self._consume_by_key(receive)
         pending: _Work | None = None
         while True:
-            if pending is not None:
-                work, pending = pending, None
-            else:
-                try:
-                    work = await receive.receive()
-                except anyio.EndOfStream:
-                    break
-            if batching.enabled and _gathers(work, self.drain):
-                work, pending = await self._gather(work, receive)
-            if self._stopping:
+            work, pending = await self._next_work(receive, pending)
+            if work is None or self._stopping:
                 break  # left unacknowledged: the next run reads it again
             if self.holds is not None and not self.holds():
                 return ShardState.LOST  # its new holder reads it again
             if work.stop is not None:
                 return self._stopped(work.records, work.stop, 1)
             stop, letters = await self._deliver(work)
-            letters = work.letters + letters
-            if stop is not None:
-                letters = [x for x in letters if x.record_index < stop.record_index]
-            if letters:
-                letter_stop = await self._dead_letter(work.records, letters)
-                if letter_stop is not None and (
-                    stop is None or letter_stop.record_index < stop.record_index
-                ):
-                    stop = letter_stop
-            if stop is not None:
-                # count what was settled before the stop; the rest is read again
-                filtered, dropped = work.processed.counts_before(stop.record_index)
-                self.report.filtered += filtered
-                self.report.dropped += dropped
-                if stop.interrupted:
-                    if stop.record_index:
-                        done = work.records[stop.record_index - 1].sequence_number
-                        self.checkpointer.advance(self.shard.shard_id, done, stop.record_index)
-                    return ShardState.PAUSED
-                return self._stopped(work.records, stop, 0)
-            p = work.processed
-            self.report.filtered += p.filtered
-            self.report.dropped += p.dropped
-            if work.done:
-                self.checkpointer.advance(
-                    self.shard.shard_id, work.records[work.done - 1].sequence_number, work.done
-                )
-            self._done_through(work)
-            if work.ended:
-                await self.checkpointer.shard_end(self.shard.shard_id)
-                return ShardState.ENDED
-            if self.drain and work.caught_up:
-                return ShardState.CAUGHT_UP
+            state = await self._settle(work, stop, letters)
+            if state is not None:
+                return state
             # An idle shard waits here for its next page, possibly for hours: it must not
             # keep this one (a lazy record holds its page's whole body) alive meanwhile.
-            del work, p, stop, letters
+            del work, stop, letters
         return ShardState.PAUSED
+
+    async def _consume_by_key(self, receive: MemoryObjectReceiveStream[_Work]) -> ShardState:
+        """`_consume` with per-key concurrency: up to `_PAGES_IN_FLIGHT` pages are
+        delivered at once, their key groups in order per key across pages (a group
+        starts once the same key's group of the page before is done), and settled (dead
+        letters, counts, the checkpoint) strictly in page order."""
+        lanes = self._lanes
+        in_flight: deque[anyio.Event] = deque()  # each page's settled event, oldest first
+        pending: _Work | None = None
+        last: anyio.Event | None = None
+        async with anyio.create_task_group() as tg:
+            while self._outcome is None:
+                work, pending = await self._next_work(receive, pending)
+                if work is None or self._stopping:
+                    break
+                if self.holds is not None and not self.holds():
+                    self._outcome = ShardState.LOST
+                    break
+                while in_flight and (in_flight[0].is_set() or len(in_flight) >= _PAGES_IN_FLIGHT):
+                    await in_flight.popleft().wait()
+                if self._outcome is not None:
+                    break
+                lanes.page += 1
+                settled = anyio.Event()
+                tg.start_soon(self._page_by_key, work, lanes.page, last, settled)
+                in_flight.append(settled)
+                last = settled
+                if work.stop is not None or work.ended or (self.drain and work.caught_up):
+                    break  # nothing of the shard comes after this page
+                del work
+        return self._outcome or ShardState.PAUSED
+
+    async def _page_by_key(
+        self, work: _Work, page: int, before: anyio.Event | None, settled: anyio.Event
+    ) -> None:
+        """Deliver one page's key groups, then settle it once the page before is."""
+        try:
+            stop: _Stop | None = None
+            letters: list[_Letter] = []
+            if work.stop is None:
+                stop, letters = await self._deliver(work, page)
+            if before is not None:
+                await before.wait()
+            if self._outcome is not None:
+                return  # an earlier page ended the shard: this one is read again
+            if work.stop is not None:
+                self._outcome = self._stopped(work.records, work.stop, 1)
+            else:
+                self._outcome = await self._settle(work, stop, letters)
+            if self._outcome is not None:
+                self._lanes.stop_all()
+        finally:
+            settled.set()
+
+    async def _next_work(
+        self, receive: MemoryObjectReceiveStream[_Work], pending: _Work | None
+    ) -> tuple[_Work | None, _Work | None]:
+        """The next work to deliver (None at the end of the stream of works), gathered
+        with those after it within a batching window; and one handed back for later."""
+        if pending is not None:
+            work = pending
+        else:
+            try:
+                work = await receive.receive()
+            except anyio.EndOfStream:
+                return None, None
+        if self.plan.batching.enabled and _gathers(work, self.drain):
+            return await self._gather(work, receive)
+        return work, None
+
+    async def _settle(
+        self, work: _Work, stop: _Stop | None, letters: list[_Letter]
+    ) -> ShardState | None:
+        """After `work` was delivered (up to `stop`): send its dead letters, count it and
+        move the checkpoint; the shard's new state when it ends here."""
+        letters = work.letters + letters
+        if stop is not None:
+            letters = [x for x in letters if x.record_index < stop.record_index]
+        if letters:
+            letter_stop = await self._dead_letter(work.records, letters)
+            if letter_stop is not None and (
+                stop is None or letter_stop.record_index < stop.record_index
+            ):
+                stop = letter_stop
+        if stop is not None:
+            # count what was settled before the stop; the rest is read again
+            filtered, dropped = work.processed.counts_before(stop.record_index)
+            self.report.filtered += filtered
+            self.report.dropped += dropped
+            if stop.interrupted:
+                if stop.record_index:
+                    done = work.records[stop.record_index - 1].sequence_number
+                    self.checkpointer.advance(self.shard.shard_id, done, stop.record_index)
+                return ShardState.PAUSED
+            return self._stopped(work.records, stop, 0)
+        p = work.processed
+        self.report.filtered += p.filtered
+        self.report.dropped += p.dropped
+        if work.done:
+            self.checkpointer.advance(
+                self.shard.shard_id, work.records[work.done - 1].sequence_number, work.done
+            )
+        self._done_through(work)
+        if work.ended:
+            await self.checkpointer.shard_end(self.shard.shard_id)
+            return ShardState.ENDED
+        if self.drain and work.caught_up:
+            return ShardState.CAUGHT_UP
+        return None
 
     async def _gather(
         self, work: _Work, receive: MemoryObjectReceiveStream[_Work]
@@ -435,16 +514,16 @@ class ShardRunner:
         )
         return ShardState.STOPPED
 
-    async def _deliver(self, work: _Work) -> tuple[_Stop | None, list[_Letter]]:
-        """Deliver a page's outputs to their sinks, concurrently; return the earliest
-        stop and the records to dead-letter."""
+    async def _deliver(self, work: _Work, page: int = 0) -> tuple[_Stop | None, list[_Letter]]:
+        """Deliver a page's outputs to their sinks, concurrently (by key, as page number
+        `page`, with per-key concurrency); return the earliest stop and the records to
+        dead-letter."""
         jobs = [(i, out) for i, out in enumerate(work.processed.outputs) if out[0]]
         if not jobs:
             return None, []
         records = work.records
         policy = self.plan.policy
         keys = work.processed.keys
-        per_shard = self.plan.concurrency.per_shard
         # Sinks of a fan-out share one origins list: look their records up once a page.
         looked_up: dict[int, list[Record]] = {}
         deliveries: list[_Delivery | _KeyedDelivery] = []
@@ -454,10 +533,9 @@ class ShardRunner:
                 of = looked_up[id(origins)] = [records[o] for o in origins]
             batch = Batch(self.shard.shard_id, values, of)
             step = f"sink {self.sink_reports[i].name}"
-            groups = group_by_key(keys[i]) if keys is not None else []
-            if len(groups) > 1:
+            if keys is not None:
                 deliveries.append(
-                    _KeyedDelivery(self, i, batch, origins, policy, step, groups, per_shard)
+                    _KeyedDelivery(self, i, batch, origins, policy, step, keys[i], page)
                 )
             else:
                 deliveries.append(_Delivery(self, i, batch, origins, policy, step))
@@ -783,20 +861,53 @@ class _Delivery:
         return False
 
 
+#: Pages of a shard delivered at once with per-key concurrency: a slow key holds back
+#: later pages only when its own next group is in them, up to this many pages ahead.
+_PAGES_IN_FLIGHT = 4
+
+
+class _Lanes:
+    """A shard's key lanes (`Pipeline.concurrency()`): per sink, at most `per_shard`
+    groups in flight, each key's groups in page order (a group waits for the same key's
+    group before it), and where a stop halts what has not started."""
+
+    __slots__ = ("halt", "limiters", "page", "tails")
+
+    def __init__(self, per_shard: int, sinks: int) -> None:
+        self.limiters = [anyio.CapacityLimiter(per_shard) for _ in range(sinks)]
+        #: (sink, key) -> the done event of that key's latest group
+        self.tails: dict[tuple[int, Hashable], anyio.Event] = {}
+        #: (page, record index): nothing at or after it starts
+        self.halt: tuple[int, int] | None = None
+        self.page = 0
+
+    def halt_at(self, page: int, record_index: int) -> None:
+        if self.halt is None or (page, record_index) < self.halt:
+            self.halt = (page, record_index)
+
+    def stop_all(self) -> None:
+        """Start no group of any page from now on (the shard ended, or the run stops)."""
+        self.halt_at(-1, 0)
+
+    def allows(self, page: int, record_index: int) -> bool:
+        return self.halt is None or (page, record_index) < self.halt
+
+
 class _KeyedDelivery:
-    """Delivers one batch to one sink by key (`Pipeline.concurrency()`): each key's
-    items are one group, delivered in order as a `_Delivery` of its own (retries,
-    bisect and dead letters apply within it), up to `per_shard` groups at once, in the
-    order their first items come.
+    """Delivers one page's batch to one sink by key: each key's items are one group,
+    delivered in order as a `_Delivery` of its own (retries, bisect and dead letters
+    apply within it), after the same key's group of the page before, up to `per_shard`
+    groups of the shard at once.
 
     When a group stops (an item failed for good with no dead-letter sink, or a stop came
     while it waited to retry), groups not yet started send only their items before the
-    stop: the shard's frontier stops just before it, everything before it is settled,
-    and nothing after it is started. Groups already in flight finish; what they
-    delivered past the stop is not checkpointed and is delivered again by the next run.
+    stop (and later pages' groups nothing): everything before it is settled, nothing
+    after it is started. Groups already in flight finish; what they delivered past the
+    stop is not checkpointed and is delivered again by the next run. A group that does
+    not start because the run is stopping is an interrupted stop at its first item.
     """
 
-    __slots__ = ("_args", "_earliest", "_parts", "groups", "per_shard")
+    __slots__ = ("_args", "_groups", "_page", "_parts", "_skipped")
 
     def __init__(
         self,
@@ -806,18 +917,27 @@ class _KeyedDelivery:
         origins: list[int],
         policy: FailurePolicy,
         step: str,
-        groups: list[list[int]],
-        per_shard: int,
+        keys: list[Hashable],
+        page: int,
     ) -> None:
         self._args = (runner, index, batch, origins, policy, step)
-        self.groups = groups
-        self.per_shard = per_shard
+        self._page = page
         self._parts: list[_Delivery] = []
-        self._earliest: int | None = None  # the record index of the earliest stop
+        self._skipped: list[_Stop] = []
+        tails = runner._lanes.tails
+        # Registered now, in page order, so that each group knows the one before it.
+        self._groups: list[
+            tuple[list[int], tuple[int, Hashable], anyio.Event | None, anyio.Event]
+        ] = []
+        for group in group_by_key(keys):
+            lane = (index, keys[group[0]])
+            done = anyio.Event()
+            self._groups.append((group, lane, tails.get(lane), done))
+            tails[lane] = done
 
     @property
     def stop(self) -> _Stop | None:
-        stops = [d.stop for d in self._parts if d.stop is not None]
+        stops = [d.stop for d in self._parts if d.stop is not None] + self._skipped
         return min(stops, key=lambda s: s.record_index) if stops else None
 
     @property
@@ -825,27 +945,42 @@ class _KeyedDelivery:
         return [x for d in self._parts for x in d.letters]
 
     async def run(self) -> None:
-        limiter = anyio.CapacityLimiter(self.per_shard)
         async with anyio.create_task_group() as tg:
-            for group in self.groups:
-                tg.start_soon(self._group, limiter, group)
+            for group, lane, before, done in self._groups:
+                tg.start_soon(self._group, group, lane, before, done)
 
-    async def _group(self, limiter: anyio.CapacityLimiter, group: list[int]) -> None:
+    async def _group(
+        self,
+        group: list[int],
+        lane: tuple[int, Hashable],
+        before: anyio.Event | None,
+        done: anyio.Event,
+    ) -> None:
         runner, index, batch, origins, policy, step = self._args
-        async with limiter:
-            if self._earliest is not None:
-                group = [k for k in group if origins[k] < self._earliest]
+        lanes = runner._lanes
+        try:
+            if before is not None:
+                await before.wait()
+            async with lanes.limiters[index]:
+                if runner._stopping:
+                    error = RuntimeError("the run stopped before this item was sent")
+                    self._skipped.append(_Stop(origins[group[0]], step, error, interrupted=True))
+                    lanes.halt_at(self._page, origins[group[0]])
+                    return
+                group = [k for k in group if lanes.allows(self._page, origins[k])]
                 if not group:
                     return
-            part = _Delivery(
-                runner, index, batch.subset(group), [origins[k] for k in group], policy, step
-            )
-            self._parts.append(part)
-            await part.run()
-            if part.stop is not None:
-                at = part.stop.record_index
-                if self._earliest is None or at < self._earliest:
-                    self._earliest = at
+                part = _Delivery(
+                    runner, index, batch.subset(group), [origins[k] for k in group], policy, step
+                )
+                self._parts.append(part)
+                await part.run()
+                if part.stop is not None:
+                    lanes.halt_at(self._page, part.stop.record_index)
+        finally:
+            done.set()
+            if lanes.tails.get(lane) is done:
+                del lanes.tails[lane]  # the key is idle: forget it
 
 
 async def _run_all(deliveries: Sequence[_Delivery | _KeyedDelivery]) -> _Stop | None:

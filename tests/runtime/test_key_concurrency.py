@@ -173,6 +173,45 @@ class TestFrontier:
             stop.set()
 
 
+class TestAcrossPages:
+    async def test_a_held_key_holds_back_only_its_own_later_items_in_later_pages(self) -> None:
+        stream = keyed_stream(shards=1, records=16, keys=4, page_size=4)  # a key a record
+        gate = anyio.Event()
+
+        class HoldsK1(Watch):
+            async def send(self, batch: Batch) -> SendResult | None:
+                if batch.values[0]["n"] == 1:
+                    await gate.wait()  # k1's first item: a slow call (or a long retry)
+                return await super().send(batch)
+
+        watch = HoldsK1()
+        shard = stream.shard_ids[0]
+        stop = anyio.Event()
+        live: list[fs.RunReport] = []
+        pipeline = fs.Pipeline(stream, name="p").map(image).to(watch).concurrency(4)
+        async with anyio.create_task_group() as tg:
+
+            async def run() -> None:
+                await pipeline.run(stop=stop, on_progress=live.append, progress_interval=0.01)
+
+            tg.start_soon(run)
+            # the other keys go on into the pages after it (up to 4 pages in flight)
+            others = [(shard, k) for k in ("k0", "k2", "k3")]
+            await wait_until(
+                lambda: all(len(watch.seen.get(key, [])) == 4 for key in others), TIMEOUT
+            )
+            assert (shard, "k1") not in watch.seen  # k1's later items wait behind it
+            await wait_until(lambda: bool(live), TIMEOUT)
+            assert live[0].shards[shard].checkpoint is None  # the frontier waits too
+            gate.set()
+            await wait_until(lambda: len(watch.seen.get((shard, "k1"), [])) == 4, TIMEOUT)
+            last = stream.records(shard)[-1].sequence_number
+            await wait_until(lambda: live[0].shards[shard].checkpoint == last, TIMEOUT)
+            stop.set()
+        assert in_order_per_key(watch)
+        assert watch.overlaps == []
+
+
 class TestFailures:
     async def test_a_retried_item_holds_only_its_own_key_in_its_page(self) -> None:
         stream = keyed_stream(shards=1, records=40, keys=4)
