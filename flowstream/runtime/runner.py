@@ -123,6 +123,7 @@ class ShardRunner:
     # settled it (later pages are then not settled).
     _lanes: _Lanes = field(init=False)
     _outcome: ShardState | None = None
+    _waiting: anyio.CancelScope | None = None  # the wait for the next work
 
     def __post_init__(self) -> None:
         self._lanes = _Lanes(self.plan.concurrency.per_shard, len(self.writers))
@@ -351,8 +352,11 @@ class ShardRunner:
         last: anyio.Event | None = None
         async with anyio.create_task_group() as tg:
             while self._outcome is None:
-                work, pending = await self._next_work(receive, pending)
-                if work is None or self._stopping:
+                # a page that ends the shard while this waits (an idle stream) ends the wait
+                with anyio.CancelScope() as self._waiting:
+                    work, pending = await self._next_work(receive, pending)
+                self._waiting = None
+                if work is None or self._stopping or self._outcome is not None:
                     break
                 if self.holds is not None and not self.holds():
                     self._outcome = ShardState.LOST
@@ -390,6 +394,8 @@ class ShardRunner:
                 self._outcome = await self._settle(work, stop, letters)
             if self._outcome is not None:
                 self._lanes.stop_all()
+                if self._waiting is not None:
+                    self._waiting.cancel()
         finally:
             settled.set()
 

@@ -285,6 +285,29 @@ class TestFailures:
         # groups were in flight or done) is read again by the next run
         assert (shard, "k7") not in watch.seen
 
+    async def test_a_shard_stopped_by_a_key_is_reported_stopped_while_the_stream_is_idle(
+        self,
+    ) -> None:
+        stream = keyed_stream(shards=1, records=8, keys=4)
+        watch = Watch(fail=lambda v: DeliveryError("no", retryable=False) if v["n"] == 2 else None)
+        shard = stream.shard_ids[0]
+        stop = anyio.Event()
+        live: list[fs.RunReport] = []
+        pipeline = fs.Pipeline(stream, name="p").map(image).to(watch).concurrency(4)
+        async with anyio.create_task_group() as tg:
+
+            async def run() -> None:
+                await pipeline.on_failure(retries=0).run(
+                    stop=stop, on_progress=live.append, progress_interval=0.01
+                )
+
+            tg.start_soon(run)
+            await wait_until(lambda: bool(live), TIMEOUT)
+            # nothing more comes to the stream: the stop must not wait for a next page
+            await wait_until(lambda: live[0].shards[shard].state is fs.ShardState.STOPPED, TIMEOUT)
+            assert live[0].shards[shard].checkpoint == stream.records(shard)[1].sequence_number
+            stop.set()
+
     async def test_bisect_finds_the_item_a_key_group_fails_as_a_whole(self) -> None:
         stream = keyed_stream(shards=1, records=24, keys=3)
         dead = sinks.collect()
