@@ -26,6 +26,7 @@ BENCHMARKS = [
     ("leases", "bench_leases"),
     ("lambda", "bench_lambda"),
     ("patterns", "bench_patterns"),
+    ("concurrency", "bench_concurrency"),
 ]
 
 
