@@ -14,11 +14,16 @@ same order as the deliveries (one descriptor, one event loop):
     R <cycle> <t>                           the program is running (imports done)
     L <cycle> <t> <shard>=<pos>,...|-       the positions loaded at the start
     D <cycle> <batch> <shard> <sequence>    one delivered element; batch counts send()s
+                                            (with sink latency, written once the wait
+                                            is over: just before send() returns)
     S <cycle> <t> <shard>=<pos>,...         a save begins: the frontier snapshot
     C <cycle> <t>                           that save returned (durable)
     E <cycle> <t> <stop reason> <delivered> the run returned (drained)
 
 `t` is `time.monotonic()` (CLOCK_MONOTONIC: one clock for every process of the machine).
+Optional settings of the config: ``per_shard`` (`Pipeline.concurrency()`, by the record's
+keys), ``batching_window`` (`Pipeline.batching()`, seconds) and ``sink_latency`` (seconds
+each `send()` awaits before it writes its lines and acknowledges, like a slow webhook).
 With ``"wait": true`` in the config the program first waits for a "go" line on stdin, so
 the harness can start it (and pay for its imports) before the previous cycle ends. This
 file imports only the standard library and flowstream, so it runs as a script.
@@ -65,9 +70,10 @@ def _positions(positions: Mapping[str, str]) -> str:
 class RecordingSink(SimpleSink):
     """Appends ``D <cycle> <batch> <shard> <sequence>`` per element, then acknowledges."""
 
-    def __init__(self, log: Log, cycle: int) -> None:
+    def __init__(self, log: Log, cycle: int, latency: float = 0.0) -> None:
         self._log = log
         self._cycle = cycle
+        self._latency = latency
         self._batches = 0
         self.delivered = 0
 
@@ -75,6 +81,9 @@ class RecordingSink(SimpleSink):
         return "crash-log"
 
     async def send(self, batch: Batch) -> SendResult | None:
+        if self._latency:
+            # The request takes a while; what a kill cuts short here was not delivered.
+            await anyio.sleep(self._latency)
         self._batches += 1
         prefix = f"D {self._cycle} {self._batches} {batch.shard_id} "
         self._log.write("".join(f"{prefix}{r.sequence_number}\n" for r in batch.records))
@@ -157,8 +166,12 @@ async def run(config: Mapping[str, Any]) -> None:
         max_polls_per_second=config["polls_per_second"],
         idle_interval=0.05,
     )
-    sink = RecordingSink(log, cycle)
+    sink = RecordingSink(log, cycle, float(config.get("sink_latency", 0.0)))
     pipeline = fs.Pipeline(source, name=PIPELINE).to(sink)
+    if config.get("per_shard", 1) > 1:
+        pipeline = pipeline.concurrency(int(config["per_shard"]))
+    if config.get("batching_window", 0.0) > 0:
+        pipeline = pipeline.batching(float(config["batching_window"]))
     report = await pipeline.run(checkpoints=store, drain=True)
     log.write(f"E {cycle} {time.monotonic():.6f} {report.stop_reason} {sink.delivered}\n")
 

@@ -7,10 +7,10 @@ a `LocalStreamsServer`, which outlives the children. Each cycle starts `child.py
 pipeline: `sources.dynamodb()` over HTTP -> a sink that appends one line per element to
 the cycle's log with `os.write` -> `checkpoints.<store>`), waits until it has delivered
 something (and a random number of new records), waits a random extra moment of up to one
-checkpoint flush interval, and kills it with SIGKILL. The last cycle runs until the
-pipeline drains and exits. Children are started ahead of their cycle (`spares`) and wait
-for a "go" line on stdin, so the ~1 s of imports overlaps the previous cycle; a child
-touches neither the stream nor the store before "go".
+checkpoint flush interval (or `kill_spread`), and kills it with SIGKILL. The last cycle
+runs until the pipeline drains and exits. Children are started ahead of their cycle
+(`spares`) and wait for a "go" line on stdin, so the ~1 s of imports overlaps the
+previous cycle; a child touches neither the stream nor the store before "go".
 
 The in-flight window (what a crash may replay), from runtime/runner.py and checkpointer.py:
 a shard runner delivers one page at a time and notes its frontier in memory right after
@@ -32,6 +32,33 @@ computed per kill; with T = flush_interval it is the nominal page_limit *
 (floor(R * flush_interval) + 3). The sink in child.py acknowledges without awaiting, so
 no page is half-delivered at a snapshot; a sink that awaits would add one page.
 
+In general (`CrashConfig.pages_ahead`), the pages read before the snapshot and not yet
+settled (checkpointed in memory) at it are the producer's page and the channel's, 2, plus
+the works the consumer holds, each of at most P pages:
+- held works: none with an acknowledging sink and `per_shard=1` (above); 1 when the sink
+  awaits (`sink_latency`) or a batching window gathers; with `per_shard>1`, up to
+  `_PAGES_IN_FLIGHT` (4, runtime/runner.py) pages delivered at once, settled strictly in
+  order, plus the one the consumer holds while it waits for room: 5;
+- P: 1 page; with a batching window of w seconds, the work it starts from, the page the
+  producer holds then, and floor(R * w) + 1 reads started within the window:
+  floor(R * w) + 3 pages.
+The snapshot's frontier is the end of the last settled page (pages settle in order, also
+with per-key concurrency), so every record a kill leaves to replay is in one of those
+pages or in one read after the snapshot: replayed <= page_limit * (floor(R * T) + 1 +
+pages_ahead). That is the "in flight" bound of per-key concurrency: `per_shard` bounds the
+sink calls at once, but the records delivered and not yet durable are bounded by pages
+(a fast key's later pages are delivered while a slow key holds the frontier). The
+duplicates of a run, per shard, are bounded by the sum of the windows of the kills whose
+deliveries reach past the position it loaded (usually just the kill before it).
+
+With `per_shard>1` records of different keys may be delivered in any order, so order is
+checked per key (`keys`: records carry `keys` distinct partition keys, round-robin, not
+one key each): within a run each key's records come in order with no gap from the loaded
+position on, and each key's first deliveries are its records in order. A save must not
+pass a record that is not delivered, counting every run (the contiguous delivered prefix)
+and counting this run alone from its loaded position (a run must not skip a record an
+earlier run happened to deliver).
+
 Every check is made from the logs alone (see `check`), so a failure names the seed,
 the cycle, the shard and the sequence numbers.
 """
@@ -46,6 +73,7 @@ import signal
 import subprocess
 import sys
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -88,6 +116,10 @@ CHILD_ENV: Final = {
 
 #: Slack on the snapshot time: the child logs it just after the runtime took it.
 _CLOCK_SLACK: Final = 0.002
+
+#: Pages of a shard the runtime delivers at once with per-key concurrency
+#: (`_PAGES_IN_FLIGHT` in runtime/runner.py; the in-flight window grows with it).
+PAGES_IN_FLIGHT: Final = 4
 
 
 class HarnessError(RuntimeError):
@@ -161,6 +193,50 @@ class CrashConfig:
     spares: int = 2
     #: Longest wait for a cycle to deliver what it is waited for, or to drain.
     cycle_timeout: float = 60.0
+    #: Distinct partition keys, given round-robin (0: each record its own key).
+    keys: int = 0
+    #: `Pipeline.concurrency(per_shard)` (1: off); order is then checked per key.
+    per_shard: int = 1
+    #: Seconds each sink call awaits before it acknowledges (0: at once).
+    sink_latency: float = 0.0
+    #: `Pipeline.batching(max_window)` in seconds (0: off).
+    batching_window: float = 0.0
+    #: The kill comes up to this many seconds after what the cycle waits for (None: one
+    #: checkpoint flush interval); a batching window's length lands kills while it gathers.
+    kill_spread: float | None = None
+
+    @property
+    def pages_ahead(self) -> int:
+        """Pages read before a snapshot that may not be settled at it (module docstring)."""
+        if self.per_shard > 1:
+            held = PAGES_IN_FLIGHT + 1
+        elif self.sink_latency > 0 or self.batching_window > 0:
+            held = 1
+        else:
+            held = 0
+        per_work = 1
+        if self.batching_window > 0:
+            per_work = math.floor(self.polls_per_second * self.batching_window) + 3
+        return held * per_work + 2
+
+    def window(self, since_snapshot: float) -> int:
+        """The most records of a shard a kill `since_snapshot` seconds after the last
+        durable snapshot may leave to replay."""
+        pages = math.floor(self.polls_per_second * (since_snapshot + _CLOCK_SLACK))
+        return self.page_limit * (pages + 1 + self.pages_ahead)
+
+    def describe_pipeline(self) -> str:
+        text = (
+            f"page_limit={self.page_limit}, max_polls_per_second={self.polls_per_second:g}, "
+            f"flush_interval={self.flush_interval:g}s"
+        )
+        if self.per_shard > 1:
+            text += f", concurrency({self.per_shard}) over {self.keys or 'unique'} keys"
+        if self.batching_window > 0:
+            text += f", batching({self.batching_window:g}s)"
+        if self.sink_latency > 0:
+            text += f", sink latency {self.sink_latency * 1000:g}ms"
+        return text
 
 
 # -- the stream -------------------------------------------------------------------------
@@ -173,11 +249,27 @@ class StreamLayout:
     records: Mapping[str, Sequence[str]]
     parents: Mapping[str, str]
     closed: frozenset[str]
+    #: Each record's partition key, per shard, in record order (missing: the sequence
+    #: number, each record its own key).
+    keys: Mapping[str, Sequence[str]] = field(default_factory=dict)
     index: Mapping[str, Mapping[str, int]] = field(init=False)
+    #: shard -> key -> the indices of its records, in order
+    by_key: Mapping[str, Mapping[str, Sequence[int]]] = field(init=False)
 
     def __post_init__(self) -> None:
         index = {s: {seq: i for i, seq in enumerate(seqs)} for s, seqs in self.records.items()}
         object.__setattr__(self, "index", index)
+        by_key: dict[str, dict[str, list[int]]] = {}
+        for shard in self.records:
+            groups: dict[str, list[int]] = {}
+            for i in range(len(self.records[shard])):
+                groups.setdefault(self.key_of(shard, i), []).append(i)
+            by_key[shard] = groups
+        object.__setattr__(self, "by_key", by_key)
+
+    def key_of(self, shard: str, index: int) -> str:
+        keys = self.keys.get(shard)
+        return keys[index] if keys is not None else self.records[shard][index]
 
     @property
     def total(self) -> int:
@@ -193,7 +285,7 @@ def build_stream(config: CrashConfig) -> tuple[MemoryStream, StreamLayout]:
     half = config.records // 2 if config.split else config.records
     n = 0
     for n in range(half):
-        _put(stream, shards[n % len(shards)], n)
+        _put(stream, shards[n % len(shards)], n, config.keys)
     parents: dict[str, str] = {}
     if config.split:
         parent = shards[-1]
@@ -201,18 +293,20 @@ def build_stream(config: CrashConfig) -> tuple[MemoryStream, StreamLayout]:
         parents = dict.fromkeys(children, parent)
         shards = [*shards[:-1], *children]
         for k, n in enumerate(range(half, config.records)):
-            _put(stream, shards[k % len(shards)], n)
+            _put(stream, shards[k % len(shards)], n, config.keys)
     layout = StreamLayout(
         {s: [r.sequence_number for r in stream.records(s)] for s in stream.shard_ids},
         parents,
         frozenset(parents.values()),
+        {s: [str(r.keys["pk"]) for r in stream.records(s)] for s in stream.shard_ids},
     )
     assert layout.total == config.records
     return stream, layout
 
 
-def _put(stream: MemoryStream, shard: str, n: int) -> None:
-    stream.put(shard, "INSERT", {"pk": f"item#{n:06d}"}, {"pk": f"item#{n:06d}", "n": n})
+def _put(stream: MemoryStream, shard: str, n: int, keys: int) -> None:
+    pk = f"item#{n % keys if keys else n:06d}"
+    stream.put(shard, "INSERT", {"pk": pk}, {"pk": pk, "n": n})
 
 
 # -- the logs ---------------------------------------------------------------------------
@@ -231,7 +325,7 @@ class CycleLog:
     started: float | None = None  # R
     loaded: dict[str, str] | None = None  # L
     loaded_time: float | None = None
-    #: ("D", shard, sequence) | ("S", t, positions) | ("C", t), in log order
+    #: ("D", shard, sequence, batch) | ("S", t, positions) | ("C", t), in log order
     events: list[tuple[Any, ...]] = field(default_factory=list)
     end: tuple[str, int] | None = None  # E: stop reason, delivered
     torn: str = ""  # an incomplete last line (a write cut short by SIGKILL)
@@ -258,7 +352,7 @@ def parse_log(cycle: CycleLog, data: bytes) -> None:
             if int(parts[1]) != cycle.cycle:
                 raise ValueError(f"cycle {parts[1]} in the log of cycle {cycle.cycle}")
             if kind == "D":
-                events.append(("D", parts[3], parts[4]))
+                events.append(("D", parts[3], parts[4], int(parts[2])))
             elif kind == "S":
                 events.append(("S", float(parts[2]), _parse_positions(parts[3])))
             elif kind == "C":
@@ -341,6 +435,12 @@ class CycleStats:
     in_flight: int | None = None
     #: The kill came while a save was under way (it began and had not returned).
     in_save: bool = False
+    #: Deliveries that came after a later record of their shard in the same run (per-key
+    #: concurrency at work).
+    reordered: int = 0
+    #: Sink calls, and the most records one carried (a batching window merges pages).
+    calls: int = 0
+    largest_call: int = 0
 
 
 @dataclass
@@ -358,9 +458,10 @@ class CrashReport:
 
     @property
     def nominal_window(self) -> int:
-        """page_limit * (pages per flush interval + 3), per shard."""
+        """page_limit * (pages per flush interval + 1 + pages ahead), per shard."""
         c = self.config
-        return c.page_limit * (math.floor(c.polls_per_second * c.flush_interval) + 3)
+        pages = math.floor(c.polls_per_second * c.flush_interval)
+        return c.page_limit * (pages + 1 + c.pages_ahead)
 
     @property
     def deliveries(self) -> int:
@@ -426,12 +527,21 @@ class _Run:
     next: dict[str, int]
     #: shards whose SHARD_END is durable
     ended: set[str]
-    #: duplicates allowed per shard: the window of the kill that left them
+    #: duplicates allowed per shard: the windows of the kills that left them
     allowed: dict[str, int]
     snapshot_time: float
-    #: (first index, last index) delivered per shard
+    #: the index after the loaded position, per shard
+    start: dict[str, int] = field(default_factory=dict)
+    #: per-key order: (shard, key) -> the place in the key's records it must deliver next
+    key_next: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: what this run delivered per shard, and the end of its contiguous part from `start`
+    seen: dict[str, set[int]] = field(default_factory=dict)
+    run_prefix: dict[str, int] = field(default_factory=dict)
+    #: (lowest index, highest index) delivered per shard
     ranges: dict[str, tuple[int, int]] = field(default_factory=dict)
     duplicates: dict[str, int] = field(default_factory=dict)
+    #: records per sink call (the batch number of the D lines)
+    calls: dict[int, int] = field(default_factory=dict)
     #: a save that began and has not returned: (time, positions)
     pending: tuple[float, dict[str, str]] | None = None
     reported: set[tuple[str, str]] = field(default_factory=set)
@@ -448,10 +558,14 @@ class _Checker:
         self.report = CrashReport(config, "", layout)
         self.violations = self.report.violations
         self.delivered = {s: bytearray(len(seqs)) for s, seqs in self.records.items()}
-        # records[s][:prefix[s]] are all delivered; prefix_cycle[s] is the cycle that
-        # delivered up to there.
+        # records[s][:prefix[s]] are all delivered
         self.prefix = dict.fromkeys(self.records, 0)
-        self.prefix_cycle: dict[str, int] = {}
+        # Order per key, not per shard (per-key concurrency): (shard, key) -> the place
+        # in the key's records of its first record never delivered.
+        self.per_key = config.per_shard > 1
+        self.key_prefix: dict[tuple[str, str], int] = {}
+        # shard -> (killed cycle, the highest index it delivered)
+        self.kills: dict[str, list[tuple[int, int]]] = {}
         self.committed: dict[str, str] = {}  # positions known to be durable
         self.requested: dict[str, str] = {}  # positions asked to be saved
         self.previous: _Run | None = None  # the last killed run, until the next load
@@ -465,14 +579,16 @@ class _Checker:
             return
         stats.startup = log.loaded_time - log.go_time
         stats.seconds = (log.kill_time or log.exit_time) - log.go_time
+        start = {s: _after(self.layout, s, log.loaded.get(s)) or 0 for s in self.records}
         run = _Run(
             log,
             stats,
             log.loaded,
-            {s: _after(self.layout, s, log.loaded.get(s)) or 0 for s in self.records},
+            dict(start),
             {s for s, p in log.loaded.items() if p == SHARD_END},
-            {s: self._window_of(self.prefix_cycle.get(s)) for s in self.records},
+            {s: self._allowed(s, start[s]) for s in self.records},
             log.loaded_time,
+            start,
         )
         self._load(run)
         if self.previous is not None:
@@ -481,6 +597,7 @@ class _Checker:
         for event in log.events:
             if event[0] == "D":
                 self._delivered(run, event[1], event[2])
+                run.calls[event[3]] = run.calls.get(event[3], 0) + 1
             elif event[0] == "S":
                 self._save_began(run, event[1], event[2])
             else:
@@ -554,24 +671,63 @@ class _Checker:
                 (shard, "lineage"),
                 f"delivered {shard} {seq} before its parent {parent}'s SHARD_END was durable",
             )
-        expected = run.next[shard]
-        if index != expected:
-            self._once(
-                run,
-                (shard, "order"),
-                f"shard {shard} delivered {seq} where "
-                f"{seqs[expected] if expected < len(seqs) else 'nothing'} was next (the run "
-                f"resumed after {run.loaded.get(shard)}): out of order or a gap",
-            )
-        run.next[shard] = index + 1
-        run.ranges[shard] = (run.ranges.get(shard, (index, index))[0], index)
+        key = self.layout.key_of(shard, index)
+        in_key = self.layout.by_key[shard][key]
+        place = bisect_left(in_key, index)  # the record's place among its key's
+        if self.per_key:
+            expected_place = run.key_next.get((shard, key))
+            if expected_place is None:
+                expected_place = bisect_left(in_key, run.start[shard])
+            if place != expected_place:
+                self._once(
+                    run,
+                    (shard, f"order {key}"),
+                    f"shard {shard} key {key} delivered {seq} where "
+                    + (seqs[in_key[expected_place]] if expected_place < len(in_key) else "nothing")
+                    + f" was next for the key (the run resumed after {run.loaded.get(shard)})"
+                    ": out of order within the key, or a gap",
+                )
+            run.key_next[(shard, key)] = place + 1
+        else:
+            expected = run.next[shard]
+            if index != expected:
+                self._once(
+                    run,
+                    (shard, "order"),
+                    f"shard {shard} delivered {seq} where "
+                    f"{seqs[expected] if expected < len(seqs) else 'nothing'} was next (the run "
+                    f"resumed after {run.loaded.get(shard)}): out of order or a gap",
+                )
+            run.next[shard] = index + 1
+        low, high = run.ranges.get(shard, (index, index))
+        if index < high:
+            run.stats.reordered += 1
+        run.ranges[shard] = (min(low, index), max(high, index))
+        seen = run.seen.setdefault(shard, set())
+        seen.add(index)
+        done = run.run_prefix.get(shard, run.start[shard])
+        while done in seen:
+            done += 1
+        run.run_prefix[shard] = done
         if self.delivered[shard][index]:
             run.duplicates[shard] = run.duplicates.get(shard, 0) + 1
             return
         self.delivered[shard][index] = 1
         run.stats.new += 1
         prefix = self.prefix[shard]
-        if index != prefix:
+        if self.per_key:
+            first = self.key_prefix.get((shard, key), 0)
+            if place != first:
+                self._once(
+                    run,
+                    (shard, f"first {key}"),
+                    f"shard {shard} key {key}: the first delivery of {seq} came before the "
+                    f"first delivery of {seqs[in_key[first]]}",
+                )
+            while first < len(in_key) and self.delivered[shard][in_key[first]]:
+                first += 1
+            self.key_prefix[(shard, key)] = first
+        elif index != prefix:
             self._once(
                 run,
                 (shard, "first"),
@@ -581,7 +737,6 @@ class _Checker:
         while prefix < len(seqs) and self.delivered[shard][prefix]:
             prefix += 1
         self.prefix[shard] = prefix
-        self.prefix_cycle[shard] = run.log.cycle
 
     def _save_began(self, run: _Run, at: float, positions: dict[str, str]) -> None:
         """A save never runs ahead of what the sink acknowledged."""
@@ -607,6 +762,22 @@ class _Checker:
                         "the checkpoint ran ahead of the sink"
                     )
                 )
+                continue
+            # This run alone: from its loaded position, contiguously.
+            mine = run.run_prefix.get(shard, run.start[shard])
+            if position == SHARD_END:
+                ahead = mine < len(seqs)
+            else:
+                ahead = self.layout.index[shard][position] >= mine
+            if ahead:
+                self.violations.append(
+                    run.violation(
+                        f"saved {shard}={position} while this run (resumed after "
+                        f"{run.loaded.get(shard)}) had delivered only up to "
+                        f"{seqs[mine - 1] if mine else 'nothing'} without a gap: the "
+                        "checkpoint passed a record this run did not deliver"
+                    )
+                )
 
     def _save_returned(self, run: _Run) -> None:
         if run.pending is None:
@@ -624,6 +795,8 @@ class _Checker:
     def _end(self, run: _Run) -> None:
         stats, log = run.stats, run.log
         stats.duplicates = sum(run.duplicates.values())
+        stats.calls = len(run.calls)
+        stats.largest_call = max(run.calls.values(), default=0)
         for shard, count in run.duplicates.items():
             if count > run.allowed[shard]:
                 self.violations.append(
@@ -636,9 +809,9 @@ class _Checker:
             assert log.kill_time is not None
             stats.in_save = run.pending is not None
             stats.since_snapshot = log.kill_time - run.snapshot_time
-            config = self.config
-            pages = math.floor(config.polls_per_second * (stats.since_snapshot + _CLOCK_SLACK))
-            stats.window = config.page_limit * (pages + 3)
+            stats.window = self.config.window(stats.since_snapshot)
+            for shard, (_, high) in run.ranges.items():
+                self.kills.setdefault(shard, []).append((log.cycle, high))
             self.previous = run
             return
         if log.returncode != 0 or log.end is None or log.end[0] != "drained":
@@ -674,12 +847,15 @@ class _Checker:
             run.reported.add(key)
             self.violations.append(run.violation(text))
 
-    def _window_of(self, cycle: int | None) -> int:
-        """The in-flight window of the kill that ended `cycle` (0: nothing to replay)."""
-        if cycle is None:
-            return 0
-        window = self.report.cycles[cycle].window
-        return window if window is not None else 0
+    def _allowed(self, shard: str, start: int) -> int:
+        """The duplicates a run that resumes at index `start` of `shard` may deliver: the
+        in-flight windows of the kills whose deliveries reach `start` or past it."""
+        total = 0
+        for cycle, high in self.kills.get(shard, []):
+            window = self.report.cycles[cycle].window
+            if high >= start and window is not None:
+                total += window
+        return total
 
 
 # -- running ----------------------------------------------------------------------------
@@ -738,6 +914,9 @@ class _Children:
             "endpoint_url": self._server.endpoint_url,
             "page_limit": self._config.page_limit,
             "polls_per_second": self._config.polls_per_second,
+            "per_shard": self._config.per_shard,
+            "sink_latency": self._config.sink_latency,
+            "batching_window": self._config.batching_window,
             "wait": True,
         }
         stderr = (self._workdir / f"cycle-{cycle:03d}.err").open("w+b")
@@ -799,7 +978,8 @@ async def run_crash_test(
                     spare = max(0, remaining - int(config.reserve * config.records))
                     budget = spare / (config.kills - cycle) - overshoot
                     target = min(spare, rng.randint(0, max(0, int(2 * budget))))
-                    delay = rng.uniform(0.0, config.flush_interval)
+                    spread = config.kill_spread
+                    delay = rng.uniform(0.0, config.flush_interval if spread is None else spread)
                     if not spare:
                         delay = 0.0  # into the reserve: kill at the first delivery
                 child = await children.take(cycle)
@@ -907,11 +1087,7 @@ def format_report(report: CrashReport, *, per_cycle: bool = False) -> str:
             "stream",
             f"{c.records} records, {c.shards} shards" + (", one split" if c.split else ""),
         ),
-        (
-            "pipeline",
-            f"page_limit={c.page_limit}, max_polls_per_second={c.polls_per_second:g}, "
-            f"flush_interval={c.flush_interval:g}s",
-        ),
+        ("pipeline", c.describe_pipeline()),
         ("cycles", f"{len(report.cycles)} ({c.kills} killed, 1 drained)"),
         (
             "kill moments",
@@ -927,7 +1103,15 @@ def format_report(report: CrashReport, *, per_cycle: bool = False) -> str:
             "replay per shard per kill",
             f"max {max(in_flight)}; window per kill max {max(windows)} (nominal "
             f"{report.nominal_window} = {c.page_limit} x (floor({c.polls_per_second:g} x "
-            f"{c.flush_interval:g}) + 3)); snapshot-to-kill max {max(since):.3f}s",
+            f"{c.flush_interval:g}) + 1 + {c.pages_ahead})); snapshot-to-kill max "
+            f"{max(since):.3f}s",
+        ),
+        (
+            "sink calls",
+            f"{sum(s.calls for s in report.cycles)}, at most "
+            f"{max((s.largest_call for s in report.cycles), default=0)} records; "
+            f"{sum(s.reordered for s in report.cycles)} deliveries after a later record "
+            "of their shard",
         ),
         ("startup (go to load)", f"max {max(startup):.3f}s"),
         ("lost", str(report.lost)),
