@@ -28,6 +28,8 @@ from flowstream.errors import FlowstreamError, ShardStoppedError
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
 
+    from flowstream.monitor import Monitor
+    from flowstream.pipeline import Pipeline
     from flowstream.report import RunReport
 
 __all__ = ["EXIT_SHARD_STOPPED", "add_arguments", "main"]
@@ -176,7 +178,10 @@ def main(args: argparse.Namespace) -> int:
 
 
 async def _run(
-    pipeline: Any, args: argparse.Namespace, options: dict[str, Any], console: Console | None
+    pipeline: Pipeline[Any],
+    args: argparse.Namespace,
+    options: dict[str, Any],
+    console: Console | None,
 ) -> RunReport:
     from flowstream.monitor import Monitor
 
@@ -203,7 +208,7 @@ async def _run(
             interval = 1.0
         else:
             progress, interval = _ProgressLines(), args.progress_interval
-        return await pipeline.run(  # type: ignore[no-any-return]
+        return await pipeline.run(
             drain=args.drain,
             grace_period=args.grace_period,
             handle_signals=True,
@@ -285,9 +290,6 @@ class _ProgressLines:
             )
         self._last = (now, read, delivered)
         ages = report.iterator_ages()
-        states: dict[str, int] = {}
-        for shard in report.shards.values():
-            states[shard.state.value] = states.get(shard.state.value, 0) + 1
         logger.info(
             "pipeline %r: %d read, %d delivered%s; %d failed, %d dead-lettered; max "
             "iterator age %.1fs; shards: %s",
@@ -298,7 +300,7 @@ class _ProgressLines:
             report.failed,
             report.dead_lettered,
             max(ages.values(), default=0.0),
-            ", ".join(f"{n} {state}" for state, n in sorted(states.items())) or "none yet",
+            report.states_text() or "none yet",
         )
 
 
@@ -309,7 +311,7 @@ class _LiveView:
     """The table the live view redraws: the run, its shards (stopped ones first, in
     red), and its sinks with their rates."""
 
-    def __init__(self, monitor: Any, metrics: str) -> None:
+    def __init__(self, monitor: Monitor, metrics: str) -> None:
         self._monitor = monitor
         self._metrics = metrics
         self._sinks: dict[str, tuple[float, int]] = {}

@@ -215,11 +215,10 @@ class Monitor:
             report = run.report
             at = report.finished or now
             up.add_metric([name, run.phase], 1.0 if run.phase == "running" else 0.0)
-            states = dict.fromkeys(ShardState, 0)
+            states = report.shard_states()
             worst = 0.0
             for shard_id, shard in list(report.shards.items()):
                 labels = [name, shard_id]
-                states[shard.state] += 1
                 if not self._exported(name, shard_id, shard.state, clock):
                     continue
                 read.add_metric(labels, shard.read)

@@ -194,6 +194,18 @@ class RunReport(msgspec.Struct):
         ages = {k: s.iterator_age(now) for k, s in self.shards.items()}
         return {k: age for k, age in ages.items() if age is not None}
 
+    def shard_states(self) -> dict[ShardState, int]:
+        """How many shards are in each state (every state, 0 included)."""
+        states = dict.fromkeys(ShardState, 0)
+        for shard in list(self.shards.values()):
+            states[shard.state] += 1
+        return states
+
+    def states_text(self) -> str:
+        """The states shards are in, e.g. "1 stopped, 3 running"."""
+        counts = sorted((s.value, n) for s, n in self.shard_states().items() if n)
+        return ", ".join(f"{n} {state}" for state, n in counts)
+
     def stopped_shards(self) -> dict[str, ShardReport]:
         return {k: s for k, s in self.shards.items() if s.state is ShardState.STOPPED}
 
@@ -208,14 +220,7 @@ class RunReport(msgspec.Struct):
             f"  deliveries: {self.delivered} (an element counts once for each sink that "
             "acknowledged it)",
         ]
-        states: dict[str, int] = {}
-        for shard in self.shards.values():
-            states[shard.state.value] = states.get(shard.state.value, 0) + 1
-        lines.append(
-            f"  shards: {len(self.shards)} ("
-            + ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
-            + ")"
-        )
+        lines.append(f"  shards: {len(self.shards)} ({self.states_text()})")
         if self.leases is not None:
             lease = self.leases
             lines.append(

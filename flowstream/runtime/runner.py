@@ -121,12 +121,9 @@ class ShardRunner:
     _holding: datetime | None = None
     # With per-key concurrency: the key lanes, and how the shard ended once a page
     # settled it (later pages are then not settled).
-    _lanes: _Lanes = field(init=False)
+    _lanes: _Lanes | None = None
     _outcome: ShardState | None = None
     _waiting: anyio.CancelScope | None = None  # the wait for the next work
-
-    def __post_init__(self) -> None:
-        self._lanes = _Lanes(self.plan.concurrency.per_shard, len(self.writers))
 
     @property
     def drain(self) -> bool:
@@ -346,7 +343,7 @@ class ShardRunner:
         delivered at once, their key groups in order per key across pages (a group
         starts once the same key's group of the page before is done), and settled (dead
         letters, counts, the checkpoint) strictly in page order."""
-        lanes = self._lanes
+        lanes = self._lanes = _Lanes(self.plan.concurrency.per_shard, len(self.writers))
         in_flight: deque[anyio.Event] = deque()  # each page's settled event, oldest first
         pending: _Work | None = None
         last: anyio.Event | None = None
@@ -393,7 +390,9 @@ class ShardRunner:
             else:
                 self._outcome = await self._settle(work, stop, letters)
             if self._outcome is not None:
-                self._lanes.stop_all()
+                lanes = self._lanes
+                assert lanes is not None  # pages by key are delivered with lanes
+                lanes.stop_all()
                 if self._waiting is not None:
                     self._waiting.cancel()
         finally:
@@ -913,7 +912,7 @@ class _KeyedDelivery:
     not start because the run is stopping is an interrupted stop at its first item.
     """
 
-    __slots__ = ("_args", "_groups", "_page", "_parts", "_skipped")
+    __slots__ = ("_args", "_groups", "_lanes", "_page", "_parts", "_skipped")
 
     def __init__(
         self,
@@ -930,7 +929,9 @@ class _KeyedDelivery:
         self._page = page
         self._parts: list[_Delivery] = []
         self._skipped: list[_Stop] = []
-        tails = runner._lanes.tails
+        assert runner._lanes is not None, "made by the keyed consumer"
+        self._lanes = runner._lanes
+        tails = self._lanes.tails
         # Registered now, in page order, so that each group knows the one before it.
         self._groups: list[
             tuple[list[int], tuple[int, Hashable], anyio.Event | None, anyio.Event]
@@ -943,8 +944,7 @@ class _KeyedDelivery:
 
     @property
     def stop(self) -> _Stop | None:
-        stops = [d.stop for d in self._parts if d.stop is not None] + self._skipped
-        return min(stops, key=lambda s: s.record_index) if stops else None
+        return _earliest([*(d.stop for d in self._parts), *self._skipped])
 
     @property
     def letters(self) -> list[_Letter]:
@@ -963,7 +963,7 @@ class _KeyedDelivery:
         done: anyio.Event,
     ) -> None:
         runner, index, batch, origins, policy, step = self._args
-        lanes = runner._lanes
+        lanes = self._lanes
         try:
             if before is not None:
                 await before.wait()
@@ -997,8 +997,12 @@ async def _run_all(deliveries: Sequence[_Delivery | _KeyedDelivery]) -> _Stop | 
         async with anyio.create_task_group() as tg:
             for delivery in deliveries:
                 tg.start_soon(delivery.run)
-    stops = [d.stop for d in deliveries if d.stop is not None]
-    return min(stops, key=lambda s: s.record_index) if stops else None
+    return _earliest([d.stop for d in deliveries])
+
+
+def _earliest(stops: Iterable[_Stop | None]) -> _Stop | None:
+    """The stop at the earliest record, if any."""
+    return min((s for s in stops if s is not None), key=lambda s: s.record_index, default=None)
 
 
 def _same_error_run(order: list[int], first: int, failed: dict[int, BaseException]) -> list[int]:
